@@ -1,0 +1,142 @@
+"""Moving frames back onto the reference.
+
+``shift_frames(frames, d)`` returns ``g(x) = f(x + d)`` for each frame: the
+inverse of the motion ``f = scipy.ndimage.shift(reference, d)``.  Integer shifts
+are exact gathers along each axis; fractional shifts of order 0 and 1 are
+separable too (nearest sample, or two samples and a linear blend per axis);
+higher orders use ``scipy.ndimage.shift`` (B-spline interpolation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import XregError
+
+__all__ = ["MODES", "shift_frames"]
+
+# Boundary modes, named as in scipy.ndimage.  "constant" fills with ``cval``
+# (scipy's "grid-constant": the frame is not extended by interpolation first).
+MODES = ("nearest", "constant", "reflect", "mirror", "wrap")
+
+
+def _source_index(index: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Map sample positions outside 0..size-1 back inside, per boundary mode."""
+    if mode == "nearest" or mode == "constant":
+        return np.clip(index, 0, size - 1)
+    if mode == "wrap":
+        return index % size
+    if mode == "reflect":  # d c b a | a b c d | d c b a
+        folded = index % (2 * size)
+        return np.where(folded >= size, 2 * size - 1 - folded, folded)
+    # mirror: d c b | a b c d | c b a
+    if size == 1:
+        return np.zeros_like(index)
+    folded = index % (2 * size - 2)
+    return np.where(folded >= size, 2 * size - 2 - folded, folded)
+
+
+def _gather(frame, axis, offset, mode, cval):
+    """``frame`` sampled at ``i + offset`` along ``axis`` (integer offset)."""
+    size = frame.shape[axis]
+    index = np.arange(size) + offset
+    out = np.take(frame, _source_index(index, size, mode), axis=axis)
+    if mode == "constant":
+        outside = (index < 0) | (index >= size)
+        if outside.any():
+            where = [slice(None)] * frame.ndim
+            where[axis] = outside
+            out[tuple(where)] = cval
+    return out
+
+
+def _shift_separable(frame, shift, order, mode, cval):
+    out = frame
+    for axis, amount in enumerate(shift):
+        if order == 0:
+            amount = np.floor(amount + 0.5)
+        whole = int(np.floor(amount))
+        fraction = amount - whole
+        if whole == 0 and fraction == 0:
+            continue
+        low = _gather(out, axis, whole, mode, cval)
+        if fraction == 0:
+            out = low
+        else:
+            high = _gather(out, axis, whole + 1, mode, cval)
+            out = low + np.asarray(fraction, low.dtype) * (high - low)
+    return out
+
+
+def _working_dtype(dtype: np.dtype) -> np.dtype:
+    """float32 where it holds every value exactly (and for float32 itself), else float64."""
+    if dtype == np.float32 or (dtype.kind in "iu" and dtype.itemsize <= 2):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def shift_frames(
+    frames: np.ndarray,
+    shifts: np.ndarray,
+    *,
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Undo each frame's displacement: ``out[i](x) = frames[i](x + shifts[i])``.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        Shape ``(n, *frame_shape)``, real numeric dtype.
+    shifts : numpy.ndarray
+        Shape ``(n, ndim)``: each frame's displacement, as :func:`estimate_shifts`
+        returns it.  Non-finite shifts leave the frame unchanged.
+    order : int, default 1
+        Interpolation order for fractional shifts: 0 (nearest sample), 1 (linear)
+        up to 5 (B-spline).  Integer shifts are exact at any order.
+    mode : {"nearest", "constant", "reflect", "mirror", "wrap"}, default "nearest"
+        How pixels moved in from beyond the border are filled.
+    cval : float, default 0.0
+        Fill value for ``mode="constant"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape and dtype as ``frames``; integer results are rounded and clipped
+        to the dtype's range (never wrapped).
+    """
+    frames = np.asarray(frames)
+    shifts = np.asarray(shifts, dtype=np.float64)
+    if shifts.shape != (frames.shape[0], frames.ndim - 1):
+        raise XregError(
+            f"Expected one shift per frame and axis, shape {(frames.shape[0], frames.ndim - 1)}; "
+            f"got {shifts.shape}."
+        )
+    if mode not in MODES:
+        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
+        raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
+    work = _working_dtype(frames.dtype)
+    out = np.empty(frames.shape, dtype=frames.dtype)
+    for i, (frame, shift) in enumerate(zip(frames, shifts, strict=True)):
+        frame = frame.astype(work, copy=False)
+        if not np.all(np.isfinite(shift)):
+            moved = frame
+        elif order <= 1 or np.all(shift == np.round(shift)):
+            moved = _shift_separable(frame, shift, order, mode, cval)
+        else:
+            # scipy's grid-* modes treat the frame as samples of a periodic or
+            # zero-extended signal, which is what "wrap" and "constant" mean here.
+            spline_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
+            moved = ndimage.shift(frame, -shift, order=order, mode=spline_mode, cval=cval)
+        out[i] = _to_dtype(moved, frames.dtype)
+    return out
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max)
+    return values

@@ -254,8 +254,10 @@ def _local_energy(weight_spectrum, weight_sum, conj_ref, conj_ref_sq, shape, hal
 
 
 def _batches(n, frame_size):
-    size = max(1, _TARGET_BATCH_PIXELS // max(frame_size, 1))
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    """Slices of about _TARGET_BATCH_PIXELS each, of equal size (no small remainder)."""
+    count = math.ceil(n * max(frame_size, 1) / _TARGET_BATCH_PIXELS)
+    bounds = np.linspace(0, n, count + 1).round().astype(int)
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def estimate_shifts(

@@ -1,0 +1,188 @@
+"""The ``xreg`` command: register, estimate, demo.
+
+Errors print one line (``xreg: error: ...``) and exit non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import XregError
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xreg", description="Register (motion-correct) image time series."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sub):
+        sub.add_argument("input", help="Zarr store or TIFF stack with dims (time, [z,] y, x)")
+        sub.add_argument("--var", help="variable of the Zarr store (default: its only movie)")
+        sub.add_argument(
+            "--reference",
+            default="auto",
+            help="auto (built from the movie, default), mean, first:N, or a file "
+            "(.npy, .tif, .zarr, .nc) holding one frame",
+        )
+        sub.add_argument(
+            "--upsample-factor",
+            type=_positive_int,
+            default=10,
+            help="subpixel precision 1/N px (default 10; 1: whole pixels)",
+        )
+        sub.add_argument(
+            "--chunk-frames",
+            type=_positive_int,
+            help="frames per chunk (default: the input's chunking)",
+        )
+        sub.add_argument(
+            "--workers",
+            type=_positive_int,
+            help="threads (default: all cores); memory grows with it",
+        )
+        sub.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    register = commands.add_parser(
+        "register",
+        help="register a movie into a new Zarr store (resumes if interrupted)",
+        description="Estimate each frame's displacement, move the frames back and write "
+        "the registered movie, the displacements and the reference to OUTPUT (Zarr). "
+        "Streams chunk by chunk; if killed, the same command resumes where it stopped.",
+    )
+    common(register)
+    register.add_argument("output", help="the Zarr store to create")
+
+    estimate = commands.add_parser(
+        "estimate",
+        help="estimate displacements only",
+        description="Estimate each frame's displacement and save it (.zarr, .nc or .csv).",
+    )
+    common(estimate)
+    estimate.add_argument("output", help="file to write: .zarr, .nc or .csv")
+
+    demo = commands.add_parser(
+        "demo",
+        help="register a synthetic movie with known drift and report the error",
+        description="Make a synthetic two-photon movie with known drift (Zarr), register "
+        "it with `xreg register`, print the error against the truth and save a plot.",
+    )
+    demo.add_argument("--output", default="demo-output", help="folder for the files")
+    demo.add_argument("--frames", type=_positive_int, default=400)
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+@contextmanager
+def _progress(total: int, quiet: bool, label: str):
+    if quiet:
+        yield lambda frames: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="frame", desc=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@contextmanager
+def _scheduler(workers):
+    import dask
+
+    with dask.config.set(scheduler="threads", num_workers=workers):
+        yield
+
+
+def _settings(args) -> dict:
+    return {
+        "input": str(Path(args.input).resolve()),
+        "var": args.var,
+        "reference": args.reference,
+        "upsample_factor": args.upsample_factor,
+        "chunk_frames": args.chunk_frames,
+    }
+
+
+def run_register(args) -> int:
+    from . import io
+
+    movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise XregError("OUTPUT is the INPUT; xreg never writes into its input.")
+    n = movie.sizes["time"]
+    with _scheduler(args.workers), _progress(2 * n, args.quiet, "estimate+write") as update:
+        io.register_to_zarr(
+            movie,
+            args.output,
+            reference=lambda: io.open_reference(args.reference, movie),
+            settings=_settings(args),
+            upsample_factor=args.upsample_factor,
+            overwrite=args.overwrite,
+            workers=args.workers,
+            progress=lambda stage, frames: update(frames),
+        )
+    if not args.quiet:
+        print(f"registered {n} frames into {args.output}", file=sys.stderr)
+    return 0
+
+
+def run_estimate(args) -> int:
+    from . import io
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise XregError(f"{output} exists; pass --overwrite to replace it.")
+    movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
+    with _scheduler(args.workers):
+        reference = io.open_reference(args.reference, movie)
+        shifts = movie.reg.estimate(reference, upsample_factor=args.upsample_factor)
+    io.write_displacement(shifts, output, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"estimated {movie.sizes['time']} displacements into {output}", file=sys.stderr)
+    return 0
+
+
+def run_demo(args) -> int:
+    from .demo import run
+
+    return run(Path(args.output), n_frames=args.frames, quiet=args.quiet)
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``xreg`` command."""
+    args = _parser().parse_args(argv)
+    commands = {"register": run_register, "estimate": run_estimate, "demo": run_demo}
+    try:
+        return commands[args.command](args)
+    except XregError as error:
+        print(f"xreg: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("xreg: interrupted; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or error
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        print(f"xreg: error: {reason}{where}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,6 +17,8 @@ from .errors import XregError
 
 AXIS = "axis"
 QUALITY = "quality"
+BAD_FRAME = "bad_frame"
+BAD_FRAME_CHOICES = ("apply", "leave", "interpolate")
 DISPLACEMENT = "displacement"
 
 
@@ -85,7 +87,7 @@ def reference_array(reference, da: xr.DataArray, spatial: Sequence[Hashable]) ->
     return reference
 
 
-def _time_coords(da: xr.DataArray, dim: Hashable) -> dict:
+def time_coords(da: xr.DataArray, dim: Hashable) -> dict:
     """The coordinates that run along the frame dim only (labels to carry over)."""
     return {name: coord for name, coord in da.coords.items() if coord.dims == (dim,)}
 
@@ -107,6 +109,8 @@ def estimate(
     upsample_factor: int = 10,
     dim: Hashable = "time",
     max_shift=None,
+    smooth: int | None = None,
+    bad_frame_threshold: float = 6.0,
     whole_frame: bool = False,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.estimate`.
@@ -121,11 +125,7 @@ def estimate(
         attrs.update({f"reference_{k}": v for k, v in reference.attrs.items()})
     else:
         attrs["reference_method"] = "given"
-    reference = reference_array(reference, da, spatial)
-    if whole_frame:
-        plan = core.prepare_reference(reference, max_shift=reference.shape, margin=0)
-    else:
-        plan = core.prepare_reference(reference, max_shift=max_shift)
+    plan = make_plan(reference_array(reference, da, spatial), max_shift, whole_frame)
     lazy = da.chunks is not None
     result = xr.apply_ufunc(
         _estimate_chunk,
@@ -147,23 +147,46 @@ def estimate(
         with threadpool_limits(limits=1, user_api="blas"):
             result = result.compute()
     values = result.values
-    attrs.update(
-        {
-            "units": "pixel",
-            "long_name": "displacement of each frame relative to the reference",
-            "method": "rigid, whole frame" if whole_frame else "rigid",
-            "upsample_factor": int(upsample_factor),
-            "max_shift": list(plan.max_shift),
-        }
-    )
-    return displacement_array(values[:, :-1], values[:, -1], da, dim, spatial, attrs)
+    shifts, quality = values[:, :-1], values[:, -1]
+    bad = core.flag_bad_frames(quality, bad_frame_threshold)
+    attrs.update(estimate_attrs(plan, upsample_factor, whole_frame))
+    attrs["bad_frame_threshold"] = float(bad_frame_threshold)
+    if smooth:
+        if int(smooth) < 1:
+            raise XregError(f"`smooth` must be a number of frames >= 1; got {smooth!r}.")
+        shifts = core.rolling_median(shifts, int(smooth), bad)
+        attrs["smooth"] = int(smooth)
+    return displacement_array(shifts, quality, time_coords(da, dim), dim, spatial, attrs, bad)
 
 
-def displacement_array(shifts, quality, da, dim, spatial, attrs) -> xr.DataArray:
-    """Wrap (n, ndim) shifts and (n,) quality in the documented displacement layout."""
-    coords = _time_coords(da, dim)
+def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False):
+    """The core's reference plan: windowed (default) or whole-frame circular (thunder)."""
+    if whole_frame:
+        return core.prepare_reference(reference, max_shift=reference.shape, margin=0)
+    return core.prepare_reference(reference, max_shift=max_shift)
+
+
+def estimate_attrs(plan, upsample_factor, whole_frame) -> dict:
+    """The attrs every displacement array carries: units, method and its settings."""
+    return {
+        "units": "pixel",
+        "long_name": "displacement of each frame relative to the reference",
+        "method": "rigid, whole frame" if whole_frame else "rigid",
+        "upsample_factor": int(upsample_factor),
+        "max_shift": list(plan.max_shift),
+    }
+
+
+def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -> xr.DataArray:
+    """Wrap (n, ndim) shifts and (n,) quality in the documented displacement layout.
+
+    ``labels`` are the coordinates along ``dim`` to carry over (a mapping); ``bad``
+    flags frames (default: quality outliers, see :func:`xreg.core.flag_bad_frames`).
+    """
+    coords = dict(labels)
     coords[AXIS] = [str(d) for d in spatial]
     coords[QUALITY] = (dim, np.asarray(quality, dtype=np.float64))
+    coords[BAD_FRAME] = (dim, core.flag_bad_frames(quality) if bad is None else np.asarray(bad))
     return xr.DataArray(
         np.asarray(shifts, dtype=np.float64),
         dims=(dim, AXIS),
@@ -233,15 +256,26 @@ def apply(
     order: int = 1,
     mode: str = "nearest",
     cval: float = 0.0,
+    bad_frames: str = "apply",
     dim: Hashable = "time",
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.apply`."""
     spatial = frame_dims(da, dim)
+    if bad_frames not in BAD_FRAME_CHOICES:
+        raise XregError(
+            f"`bad_frames` must be one of {', '.join(BAD_FRAME_CHOICES)}; got {bad_frames!r}."
+        )
     if mode not in core.MODES:
         raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(core.MODES)}.")
     if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
         raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
     values = shifts_array(shifts, da, dim, spatial)
+    if bad_frames != "apply" and isinstance(shifts, xr.DataArray) and BAD_FRAME in shifts.coords:
+        bad = shifts[BAD_FRAME].values
+        if bad_frames == "leave":
+            values = np.where(bad[:, None], 0.0, values)
+        else:
+            values = core.fill_from_neighbours(values, bad)
     shift_da = xr.DataArray(values, dims=(dim, AXIS))
     if da.chunks is not None:
         shift_da = shift_da.chunk({dim: da.chunksizes[dim], AXIS: -1})

@@ -80,6 +80,8 @@ class RegAccessor:
         upsample_factor: int = 10,
         dim: Hashable = "time",
         max_shift=None,
+        smooth: int | None = None,
+        bad_frame_threshold: float = 6.0,
     ) -> xr.DataArray:
         """Estimate the rigid displacement of every frame relative to a reference.
 
@@ -97,6 +99,12 @@ class RegAccessor:
             each axis, at least 8 px.  A band of this width at each border is left
             out of the comparison, so content moving across the border cannot bias
             the estimate.
+        smooth : int, optional
+            Replace the displacements by their centred rolling median over this many
+            frames (bad frames left out), for low-SNR movies.  Off by default.
+        bad_frame_threshold : float, default 6.0
+            Frames whose quality lies more than this many robust standard deviations
+            below the movie's median quality are flagged in ``bad_frame``.
 
         Returns
         -------
@@ -104,7 +112,9 @@ class RegAccessor:
             ``displacement``, dims ``(time, axis)``, ``axis`` = the spatial dim
             names, the movie's ``time`` coordinate (and any other coordinate along
             ``time``), a ``quality`` coordinate (normalised correlation at the
-            peak, 0..1) and attrs with units and method.  Computed (numpy-backed),
+            peak, 0..1), a boolean ``bad_frame`` coordinate (quality outliers:
+            blanked frames, noise, sudden z-motion) and attrs with units, method
+            and settings.  Computed (numpy-backed),
             also for a Dask-backed movie, whose chunks are each read once.
 
         Raises
@@ -141,7 +151,13 @@ class RegAccessor:
         (('time', 'axis'), ['y', 'x'])
         """
         return _xarray.estimate(
-            self._obj, reference, upsample_factor=upsample_factor, dim=dim, max_shift=max_shift
+            self._obj,
+            reference,
+            upsample_factor=upsample_factor,
+            dim=dim,
+            max_shift=max_shift,
+            smooth=smooth,
+            bad_frame_threshold=bad_frame_threshold,
         )
 
     def apply(
@@ -151,6 +167,7 @@ class RegAccessor:
         order: int = 1,
         mode: str = "nearest",
         cval: float = 0.0,
+        bad_frames: str = "apply",
         dim: Hashable = "time",
     ) -> xr.DataArray:
         """Move every frame back by its displacement: the registered movie.
@@ -168,6 +185,10 @@ class RegAccessor:
             How pixels that come in from beyond the border are filled.
         cval : float, default 0.0
             Fill value for ``mode="constant"``.
+        bad_frames : {"apply", "leave", "interpolate"}, default "apply"
+            For frames flagged in ``shifts.bad_frame``: move them by their estimate,
+            leave them as they are, or move them by a displacement interpolated
+            from the good frames around them.
         dim : hashable, default "time"
             The frame dim.
 
@@ -185,4 +206,6 @@ class RegAccessor:
         >>> fixed.dims == movie.dims and fixed.dtype == movie.dtype
         True
         """
-        return _xarray.apply(self._obj, shifts, order=order, mode=mode, cval=cval, dim=dim)
+        return _xarray.apply(
+            self._obj, shifts, order=order, mode=mode, cval=cval, bad_frames=bad_frames, dim=dim
+        )

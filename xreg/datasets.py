@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from ._xarray import displacement_array, frame_dims
+from ._xarray import displacement_array, frame_dims, time_coords
 from .errors import XregError
 
 __all__ = ["add_motion", "large", "mouse"]
@@ -240,7 +240,7 @@ def add_motion(
     truth = displacement_array(
         drift,
         np.ones(n),
-        movie,
+        time_coords(movie, dim),
         dim,
         spatial,
         {"units": "pixel", "long_name": "true displacement", "method": "synthetic"},

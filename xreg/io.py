@@ -351,6 +351,13 @@ def register_to_zarr(
         )
         for variable in template.variables.values():
             variable.encoding = {}
+        # Stored in the movie's time chunks: `quality` becomes a coordinate of the whole
+        # store, and chunks that disagree along time would trip up readers.
+        frames_per_chunk = movie.chunksizes["time"][0]
+        for name_along_time in [_xarray.DISPLACEMENT, *shifts.coords]:
+            variable = template[name_along_time].variable
+            if variable.dims[:1] == ("time",) and name_along_time != "time":
+                variable.encoding["chunks"] = (frames_per_chunk,) + variable.shape[1:]
         # Writes metadata, coordinates and the small variables; the movie comes later.
         to_zarr(template, output, mode="a", compute=False)
         state["stage"] = "writing"

@@ -5,6 +5,7 @@ Everything here takes and returns numpy arrays with the frame axis first.
 
 from .correlation import ReferencePlan, default_max_shift, estimate_shifts, prepare_reference
 from .reference import build_reference, sample_indices
+from .series import fill_from_neighbours, flag_bad_frames, rolling_median
 from .shift import MODES, shift_frames
 
 __all__ = [
@@ -13,7 +14,10 @@ __all__ = [
     "build_reference",
     "default_max_shift",
     "estimate_shifts",
+    "fill_from_neighbours",
+    "flag_bad_frames",
     "prepare_reference",
+    "rolling_median",
     "sample_indices",
     "shift_frames",
 ]

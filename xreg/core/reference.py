@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .correlation import estimate_shifts, prepare_reference
+from .series import flag_bad_frames
 from .shift import shift_frames
 
 __all__ = ["build_reference", "sample_indices"]
@@ -82,18 +83,29 @@ def seed_reference(frames: np.ndarray) -> np.ndarray:
     return frames[members].astype(np.float64).mean(axis=0)
 
 
+def _inside(shape, shift):
+    """Pixels of a frame moved by ``-shift`` whose value came from inside the frame."""
+    inside = np.ones(shape, bool)
+    for axis, (size, amount) in enumerate(zip(shape, shift, strict=True)):
+        source = np.arange(size) + amount
+        along = (source >= 0) & (source <= size - 1)
+        inside &= along.reshape((-1,) + (1,) * (len(shape) - axis - 1))
+    return inside
+
+
 def _average_registered(frames, shifts):
-    """Mean of the frames moved by ``shifts``, counting only pixels that stayed inside."""
-    moved = shift_frames(frames.astype(np.float32), shifts, order=3, mode="nearest")
-    inside = shift_frames(
-        np.ones((1,) + frames.shape[1:], np.float32).repeat(len(frames), axis=0),
-        shifts,
-        order=1,
-        mode="constant",
-    )
-    inside = (inside > 0.999) & np.isfinite(moved)
-    total = np.where(inside, moved, 0).sum(axis=0, dtype=np.float64)
-    count = inside.sum(axis=0)
+    """Mean of the frames moved by ``shifts``, counting only pixels that stayed inside.
+
+    Linear interpolation: fast, and its slight smoothing averages out over frames
+    with different fractional shifts.
+    """
+    moved = shift_frames(frames.astype(np.float32, copy=False), shifts, order=1)
+    total = np.zeros(frames.shape[1:])
+    count = np.zeros(frames.shape[1:])
+    for frame, shift in zip(moved, shifts, strict=True):
+        valid = _inside(frame.shape, shift) & np.isfinite(frame)
+        total += np.where(valid, frame, 0)
+        count += valid
     mean = total / np.maximum(count, 1)
     # Pixels no frame covered: the mean of the rest (they carry no weight anyway).
     return np.where(count > 0, mean, mean[count > 0].mean())
@@ -132,8 +144,10 @@ def build_reference(
         to the returned reference.
     """
     frames = np.asarray(frames)
-    finite = np.where(np.isfinite(frames), frames, np.nanmean(frames))
-    reference = seed_reference(finite)
+    if np.isfinite(frames).all():
+        reference = seed_reference(frames)
+    else:
+        reference = seed_reference(np.where(np.isfinite(frames), frames, np.nanmean(frames)))
     n = len(frames)
     for round_ in range(iterations + 1):
         plan = prepare_reference(reference, max_shift=max_shift)
@@ -141,10 +155,14 @@ def build_reference(
         shifts, quality = result[:, :-1], result[:, -1]
         if round_ == iterations:
             break
-        # Average the best-matching frames, more of them each round (suite2p).
-        keep = max(2, int(n * (1 + round_) / (2 * iterations)))
-        best = np.argsort(quality)[-keep:]
-        # Last round: move to the median position of the whole sample.
-        centre = np.median(shifts, axis=0) if round_ == iterations - 1 else 0.0
-        reference = _average_registered(frames[best], shifts[best] - centre)
+        if round_ < iterations - 1:
+            # Average the best-matching frames, more of them each round (suite2p).
+            keep = max(2, int(n * (1 + round_) / (2 * iterations)))
+            chosen, centre = np.argsort(quality)[-keep:], 0.0
+        else:
+            # Last round: every trustworthy frame, so that no one state of the tissue
+            # (say, of its activity) dominates; at the sample's median position.
+            chosen = np.flatnonzero(~flag_bad_frames(quality))
+            centre = np.median(shifts[chosen], axis=0)
+        reference = _average_registered(frames[chosen], shifts[chosen] - centre)
     return reference, result

@@ -1,0 +1,208 @@
+"""The xreg command and out-of-core runs, on real Zarr stores and TIFF files on disk."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+
+import xreg
+from xreg import io
+from xreg.cli import main
+
+
+def make_store(path: Path, n_frames=60, chunk=10, shape=(64, 64), seed=0):
+    movie = xreg.datasets.mouse(n_frames=n_frames, shape=shape, seed=seed)
+    moved, truth = xreg.datasets.add_motion(movie, max_drift=3, subpixel=True, seed=seed)
+    moved = moved.assign_attrs(session="s1").chunk(time=chunk)
+    io.to_zarr(moved.to_dataset(name="movie"), path, mode="w")
+    return movie, moved, truth
+
+
+def open_output(path: Path) -> xr.Dataset:
+    return xr.open_zarr(path)
+
+
+def run(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_register_zarr_keeps_everything_and_matches_the_library(tmp_path, capsys):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _, moved, _ = make_store(source)
+    reference = tmp_path / "ref.npy"
+    np.save(reference, moved.mean("time").values)
+    assert run("register", source, output, "--reference", reference, "--quiet") == 0
+    result = open_output(output)
+    fixed = result["movie"]
+    assert fixed.dims == moved.dims and fixed.dtype == moved.dtype
+    assert fixed.attrs["session"] == "s1"
+    assert fixed.chunksizes["time"] == moved.chunksizes["time"]
+    np.testing.assert_array_equal(fixed.time, moved.time)
+    expected_shifts = moved.reg.estimate(moved.mean("time"))
+    np.testing.assert_allclose(result["displacement"].values, expected_shifts.values)
+    np.testing.assert_array_equal(fixed.values, moved.reg.apply(expected_shifts).values)
+    assert list(result["displacement"].axis.values) == ["y", "x"]
+    # Running the finished command again changes nothing and succeeds.
+    assert run("register", source, output, "--reference", reference, "--quiet") == 0
+
+
+def test_register_tiff_and_estimate_csv(tmp_path):
+    _, moved, _ = make_store(tmp_path / "in.zarr")
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, moved.values)
+    output = tmp_path / "out.zarr"
+    assert run("register", stack, output, "--reference", "first:20", "--quiet") == 0
+    assert open_output(output)["stack"].shape == moved.shape
+    expected = moved.reg.estimate(moved.mean("time"))
+    for suffix in (".csv", ".nc", ".zarr"):
+        table = tmp_path / f"shifts{suffix}"
+        assert run("estimate", stack, table, "--reference", "mean", "--quiet") == 0
+        shifts = io.read_displacement(table)
+        assert shifts.dims == ("time", "axis") and list(shifts.axis.values) == ["y", "x"]
+        np.testing.assert_allclose(shifts.values, expected.values)
+        np.testing.assert_allclose(shifts.quality.values, expected.quality.values)
+
+
+def test_output_that_is_not_ours_is_refused(tmp_path, capsys):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    make_store(source)
+    output.mkdir()
+    (output / "precious.txt").write_text("keep me")
+    assert run("register", source, output, "--quiet") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (output / "precious.txt").read_text() == "keep me"
+    assert run("register", source, output, "--quiet", "--overwrite") == 0
+    assert not (output / "precious.txt").exists()
+
+
+def test_a_run_with_other_settings_is_not_resumed(tmp_path, capsys):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    make_store(source)
+    assert run("register", source, output, "--quiet") == 0
+    assert run("register", source, output, "--quiet", "--upsample-factor", "3") == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["register", "{missing}", "{out}"], "no such file"),
+        (["register", "{store}", "{out}", "--var", "nope"], "no variable 'nope'"),
+        (["register", "{text}", "{out}"], "expected a Zarr store"),
+        (["register", "{badtif}", "{out}"], "not a readable TIFF"),
+        (["register", "{flat}", "{out}"], "stack of frames"),
+        (["register", "{store}", "{store}"], "never writes into its input"),
+        (["register", "{store}", "{out}", "--reference", "first:x"], "first:10"),
+        (["register", "{store}", "{out}", "--reference", "nofile.npy"], "not a file"),
+        (["estimate", "{store}", "{out_txt}"], ".zarr, .nc or .csv"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
+    paths = {
+        "store": tmp_path / "in.zarr",
+        "out": tmp_path / "out.zarr",
+        "out_txt": tmp_path / "out.txt",
+        "missing": tmp_path / "missing.zarr",
+        "text": tmp_path / "notes.txt",
+        "badtif": tmp_path / "broken.tif",
+        "flat": tmp_path / "flat.tif",
+    }
+    make_store(paths["store"], n_frames=20)
+    paths["text"].write_text("hello")
+    paths["badtif"].write_bytes(b"II*\x00garbage")
+    tifffile.imwrite(paths["flat"], np.zeros((16, 16), np.uint16))
+    before = sorted(p.name for p in (tmp_path / "in.zarr").rglob("*"))
+    code = main([a.format(**paths) for a in args] + ["--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("xreg: error:") and message in err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+    assert sorted(p.name for p in (tmp_path / "in.zarr").rglob("*")) == before
+
+
+def test_help_on_each_subcommand():
+    for command in (["--help"], ["register", "--help"], ["estimate", "--help"], ["demo", "--help"]):
+        result = subprocess.run([sys.executable, "-m", "xreg", *command], capture_output=True,
+                                text=True)
+        assert result.returncode == 0 and "usage: xreg" in result.stdout
+
+
+def _chunk_files(store: Path, var: str) -> dict:
+    return {p.relative_to(store): p.read_bytes() for p in (store / var).rglob("*") if p.is_file()}
+
+
+def test_killed_run_resumes_to_identical_output(tmp_path):
+    source = tmp_path / "in.zarr"
+    make_store(source, n_frames=1500, chunk=10, shape=(96, 96))
+    command = [sys.executable, "-m", "xreg", "register", str(source), "--workers", "1",
+               "--reference", "first:50", "--quiet"]
+    clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
+    subprocess.run(command[:5] + [str(clean)] + command[5:], check=True)
+
+    process = subprocess.Popen(command[:5] + [str(killed)] + command[5:])
+    done_file = killed / io.DONE_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if done_file.exists() and len(done_file.read_text().split()) >= 5:
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = json.loads((killed / io.RUN_FILE).read_text())
+    finished = len(done_file.read_text().split())
+    assert state["stage"] == "writing" and 5 <= finished < 150
+
+    subprocess.run(command[:5] + [str(killed)] + command[5:], check=True)
+    assert json.loads((killed / io.RUN_FILE).read_text())["stage"] == "complete"
+    a, b = open_output(clean), open_output(killed)
+    xr.testing.assert_identical(a, b)
+    assert _chunk_files(clean, "movie") == _chunk_files(killed, "movie")
+
+
+def test_killed_during_estimate_resumes(tmp_path):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    make_store(source, n_frames=30)
+    # What a run killed mid-estimate leaves: its record and some debris.
+    output.mkdir()
+    settings = {"input": str(source.resolve()), "var": None, "reference": "auto",
+                "upsample_factor": 10, "chunk_frames": None}
+    (output / io.RUN_FILE).write_text(json.dumps({"settings": settings, "stage": "estimating"}))
+    (output / "debris").write_text("half-written")
+    assert run("register", source, output, "--quiet") == 0
+    assert not (output / "debris").exists()
+    assert open_output(output)["movie"].shape == (30, 64, 64)
+
+
+def test_lazy_pipeline_end_to_end_with_default_scheduler_and_local_cluster(tmp_path):
+    from distributed import Client, LocalCluster
+
+    source = tmp_path / "in.zarr"
+    still, moved, truth = make_store(source, n_frames=40, chunk=8)
+    reference = still.mean("time")
+    expected = moved.reg.apply(moved.reg.estimate(reference)).values
+    for use_cluster in (False, True):
+        out = tmp_path / f"out-{use_cluster}.zarr"
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None) if use_cluster else None
+        client = Client(cluster) if cluster else None
+        try:
+            movie = xr.open_zarr(source)["movie"]
+            shifts = movie.reg.estimate(reference)
+            fixed = movie.reg.apply(shifts)
+            assert fixed.chunks is not None
+            io.to_zarr(fixed.to_dataset(), out, mode="w")
+        finally:
+            if client:
+                client.close()
+                cluster.close()
+        values = xr.open_zarr(out)["movie"].values
+        assert np.abs(shifts.values - truth.values).max() < 0.5
+        np.testing.assert_array_equal(values, expected)

@@ -1,0 +1,109 @@
+"""Registration without a known reference; quality, bad frames, smoothing, NaN masks."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import ChunkReads, as_movie, fourier_moved, smooth_image
+
+import xreg
+from xreg import XregError
+
+
+def rms_up_to_offset(estimate, truth):
+    error = np.asarray(estimate) - np.asarray(truth)
+    error = error - np.median(error, axis=0)
+    return float(np.sqrt(np.mean(error**2)))
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """The large preset's look at 256 x 256: drift up to 8 px plus sudden jumps."""
+    movie = xreg.datasets.large(n_frames=300, shape=(256, 256), chunks=50)
+    moved, truth = xreg.datasets.add_motion(movie, max_drift=8, jumps=3, subpixel=True, seed=4)
+    return moved.compute(), truth, movie.mean("time").compute()
+
+
+def test_self_built_reference_beats_the_mean(drifting):
+    moved, truth, unmoved_mean = drifting
+    own = moved.reg.estimate(upsample_factor=20)  # reference=None
+    assert own.attrs["reference_method"] == "iterative"
+    from_mean = moved.reg.estimate(moved.mean("time"), upsample_factor=20)
+    knowing = moved.reg.estimate(unmoved_mean, upsample_factor=20)
+    own_error = rms_up_to_offset(own, truth)
+    # Close to knowing the unmoved movie's mean, and far better than the moved mean.
+    # (The remaining gap: the reference is an average of interpolated frames.)
+    assert own_error < 1.6 * rms_up_to_offset(knowing, truth)
+    assert own_error < rms_up_to_offset(from_mean, truth) / 2
+
+
+def test_reference_is_centred_and_sharp(drifting):
+    moved, _, _ = drifting
+    reference = moved.reg.reference()
+    assert reference.dims == ("y", "x") and reference.attrs["method"] == "iterative"
+    shifts = moved.reg.estimate(reference)
+    # Centred: the displacements measured against it have (almost) zero median.
+    assert np.abs(np.median(shifts.values, axis=0)).max() < 0.5
+    gy, gx = np.gradient(reference.values)
+    my, mx = np.gradient(moved.mean("time").values.astype(float))
+    assert (gy**2 + gx**2).mean() > 1.5 * (my**2 + mx**2).mean()
+
+
+def test_reference_reads_only_sampled_chunks():
+    frames = np.broadcast_to(smooth_image((48, 48), seed=1).astype(np.float32), (10_000, 48, 48))
+    source = ChunkReads(frames, chunk=10)
+    source.movie.reg.reference(n_frames=50, iterations=1)
+    assert 0 < len(source.reads) <= 50  # of 1000 chunks
+    assert set(source.reads.values()) == {1}
+
+
+def test_bad_frames_are_flagged_and_do_not_disturb_neighbours(backend):
+    image = smooth_image((96, 96), sigma=2.0, seed=8) * 1000
+    truth = np.random.default_rng(3).uniform(-4, 4, (60, 2))
+    frames = fourier_moved(image, truth)
+    frames += np.random.default_rng(4).normal(0, 20, frames.shape)
+    bad = [5, 17, 18, 40, 59]
+    frames[[5, 40]] = np.random.default_rng(5).normal(500, 300, (2, 96, 96))  # noise
+    frames[[17, 18, 59]] = 0  # blanked
+    shifts = as_movie(frames, backend, chunk=7).reg.estimate(image, upsample_factor=20)
+    assert shifts.bad_frame.dtype == bool
+    np.testing.assert_array_equal(np.flatnonzero(shifts.bad_frame.values), bad)
+    good = np.setdiff1d(np.arange(60), bad)
+    assert np.abs(shifts.values[good] - truth[good]).max() < 0.1
+
+    movie = as_movie(frames, backend, chunk=7)
+    left = movie.reg.apply(shifts, bad_frames="leave")
+    np.testing.assert_array_equal(left.values[bad], frames[bad])
+    filled = movie.reg.apply(shifts, bad_frames="interpolate")
+    assert not np.array_equal(filled.values[40], frames[40])
+    with pytest.raises(XregError, match="bad_frames"):
+        movie.reg.apply(shifts, bad_frames="drop")
+
+
+def test_smoothing_is_off_by_default_and_helps_at_low_snr():
+    image = smooth_image((64, 64), sigma=3.0, seed=9) * 100
+    truth = np.cumsum(np.random.default_rng(6).normal(0, 0.05, (200, 2)), axis=0)
+    frames = fourier_moved(image, truth) + np.random.default_rng(7).normal(0, 60, (200, 64, 64))
+    movie = as_movie(frames, "numpy")
+    raw = movie.reg.estimate(image, upsample_factor=20)
+    smoothed = movie.reg.estimate(image, upsample_factor=20, smooth=9)
+    assert "smooth" not in raw.attrs and smoothed.attrs["smooth"] == 9
+    assert rms_up_to_offset(smoothed, truth) < 0.7 * rms_up_to_offset(raw, truth)
+
+
+def test_nan_masked_frames_stay_within_a_tenth_of_a_pixel(backend):
+    image = smooth_image((128, 128), sigma=2.0, seed=10)
+    truth = np.random.default_rng(8).uniform(-5, 5, (12, 2))
+    frames = fourier_moved(image, truth)
+    frames[np.random.default_rng(9).random(frames.shape) < 0.3] = np.nan
+    shifts = as_movie(frames, backend, chunk=4).reg.estimate(image, upsample_factor=50)
+    assert np.abs(shifts.values - truth).max() < 0.1
+
+
+def test_walkthrough_scenario_without_a_reference():
+    movie = xreg.datasets.mouse(n_frames=200, shape=(128, 128))
+    moved, truth = xreg.datasets.add_motion(movie, max_drift=4, subpixel=True, seed=2)
+    own = moved.reg.estimate(upsample_factor=20)
+    true_reference = moved.reg.estimate(movie.mean("time"), upsample_factor=20)
+    # As good as knowing the unmoved reference, up to one offset.
+    assert rms_up_to_offset(own, truth) < 1.2 * rms_up_to_offset(true_reference, truth) + 0.02
+    assert isinstance(own, xr.DataArray)

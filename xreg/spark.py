@@ -1,0 +1,335 @@
+"""Spark: DataArrays to and from RDDs of ``(key, frame)`` records, and registration on them.
+
+The thunder layout: an RDD of ``((i,), frame)`` records, one per frame.  Frames
+are read and registered on the executors; only the small displacement table
+comes back to the driver.  The reference's transform is prepared once on the
+driver and shipped to the executors in a broadcast variable.
+
+Needs ``pip install xreg[spark]`` (pyspark); importing :mod:`xreg` never imports
+pyspark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from . import _xarray, core
+from .errors import XregError
+
+try:
+    import pyspark  # noqa: F401
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "xreg.spark needs pyspark; install it with `pip install xreg[spark]`."
+    ) from error
+
+__all__ = ["apply", "estimate", "from_rdd", "from_zarr", "to_rdd"]
+
+
+def _key(key) -> int:
+    """Frame index from a thunder key: ``(i,)`` or ``i``."""
+    if isinstance(key, tuple | list) and len(key) == 1:
+        key = key[0]
+    if isinstance(key, int | np.integer) and key >= 0:
+        return int(key)
+    raise XregError(f"Record keys must be frame indices (i,) or i >= 0; got {key!r}.")
+
+
+def _ordered(keys: Sequence[int]) -> np.ndarray:
+    """The order that sorts ``keys``, after checking they are exactly 0..n-1."""
+    keys = np.asarray(keys, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    duplicated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if duplicated.size:
+        raise XregError(
+            f"Frames {[(int(k),) for k in duplicated[:5]]} appear more than once; "
+            "each key (i,) must be unique. Deduplicate with `rdd.reduceByKey(lambda a, b: a)`."
+        )
+    if len(keys) and (ordered[0] != 0 or ordered[-1] != len(keys) - 1):
+        missing = sorted(set(range(int(ordered[-1]) + 1)) - set(ordered.tolist()))[:5]
+        raise XregError(
+            f"Frame keys must run from (0,) to (n-1,) without gaps; missing {[(k,) for k in missing]}."
+        )
+    return order
+
+
+def _partition_bounds(n: int, npartitions: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, n, max(1, min(npartitions, n)) + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _frames_of(movie: xr.DataArray, start: int, stop: int, dim) -> np.ndarray:
+    """Frames start..stop-1 as numpy, read here (on an executor) with no thread pool."""
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        return np.asarray(movie.isel({dim: slice(start, stop)}).values)
+
+
+def to_rdd(da: xr.DataArray, sc, *, dim: Hashable = "time", npartitions: int | None = None):
+    """A DataArray as an RDD of ``((i,), frame)`` records, in frame order.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Dims ``(time, y, x)`` or ``(time, z, y, x)``, numpy- or Dask-backed.
+    sc : pyspark.SparkContext
+    dim : hashable, default "time"
+        The frame dim.
+    npartitions : int, optional
+        Default: Spark's default parallelism.
+
+    Returns
+    -------
+    pyspark.RDD
+        Records ``((i,), frame)`` with ``frame`` a numpy array in the spatial dims'
+        order.  A Dask-backed array is read partition by partition on the
+        executors (the array's graph is broadcast, not its data); a numpy-backed
+        one is sent from the driver, where it already is.
+    """
+    spatial = _xarray.frame_dims(da, dim)
+    da = da.transpose(dim, *spatial)
+    n = da.sizes[dim]
+    bounds = _partition_bounds(n, npartitions or sc.defaultParallelism)
+    if da.chunks is None:
+        values = da.values
+        records = [((i,), values[i]) for i in range(n)]
+        return sc.parallelize(records, len(bounds))
+    # The task closure carries the graph that reads the data (cloudpickled), not the data.
+    lazy = da.variable
+
+    def read(bounds_iter):
+        for start, stop in bounds_iter:
+            frames = _frames_of(xr.DataArray(lazy), start, stop, dim)
+            for offset, frame in enumerate(frames):
+                yield (start + offset,), frame
+
+    return sc.parallelize(bounds, len(bounds)).mapPartitions(read)
+
+
+def from_zarr(sc, path, var: str, *, dim: Hashable = "time", npartitions: int | None = None):
+    """An RDD whose partitions each read their own frames from a Zarr store.
+
+    Parameters
+    ----------
+    sc : pyspark.SparkContext
+    path : str
+        A store every executor can read (a shared file system or object store URL).
+    var : str
+        The movie variable.
+    dim : hashable, default "time"
+    npartitions : int, optional
+        Default: Spark's default parallelism.
+
+    Returns
+    -------
+    pyspark.RDD
+        Records ``((i,), frame)``; only the store's metadata is read on the driver.
+    """
+    path = str(path)
+    with xr.open_zarr(path) as dataset:
+        if var not in dataset:
+            raise XregError(f"{path} has no variable {var!r}; it has {list(dataset.data_vars)}.")
+        _xarray.frame_dims(dataset[var], dim)
+        n = dataset.sizes[dim]
+    bounds = _partition_bounds(n, npartitions or sc.defaultParallelism)
+
+    def read(bounds_iter):
+        for start, stop in bounds_iter:
+            with xr.open_zarr(path) as dataset:
+                frames = _frames_of(dataset[var], start, stop, dim)
+            for offset, frame in enumerate(frames):
+                yield (start + offset,), frame
+
+    return sc.parallelize(bounds, len(bounds)).mapPartitions(read)
+
+
+def from_rdd(
+    rdd,
+    *,
+    dims: Sequence[Hashable] | None = None,
+    coords=None,
+    attrs=None,
+    name=None,
+) -> xr.DataArray:
+    """Collect an RDD of ``(key, frame)`` records into a DataArray, in key order.
+
+    Parameters
+    ----------
+    rdd : pyspark.RDD
+        Records keyed ``(i,)`` (or ``i``), for i = 0..n-1, each once, in any order.
+    dims : sequence of hashable, optional
+        Default ``("time", "y", "x")`` or ``("time", "z", "y", "x")``.
+    coords, attrs, name
+        Passed to :class:`xarray.DataArray`.
+
+    Returns
+    -------
+    xarray.DataArray
+        numpy-backed (the frames are collected on the driver: for results that fit).
+
+    Raises
+    ------
+    XregError
+        If keys are duplicated or missing, or the frames differ in shape.
+    """
+    records = rdd.collect()
+    if not records:
+        raise XregError("The RDD has no records.")
+    order = _ordered([_key(k) for k, _ in records])
+    shapes = {np.shape(frame) for _, frame in records}
+    if len(shapes) != 1:
+        raise XregError(f"Frames differ in shape: {sorted(shapes)}.")
+    frames = np.stack([records[i][1] for i in order])
+    if dims is None:
+        dims = ("time", "y", "x") if frames.ndim == 3 else ("time", "z", "y", "x")
+    return xr.DataArray(frames, dims=tuple(dims), coords=coords, attrs=attrs, name=name)
+
+
+def estimate(
+    rdd,
+    reference,
+    *,
+    upsample_factor: int = 10,
+    max_shift=None,
+    whole_frame: bool = False,
+    axis: int | None = None,
+    time=None,
+) -> xr.DataArray:
+    """Displacements of an RDD's frames, computed on the executors.
+
+    Same numerics and result as :meth:`xreg.accessor.RegAccessor.estimate` (or the
+    whole-frame correlation of :class:`xreg.CrossCorr`); only the table comes back.
+
+    Parameters
+    ----------
+    rdd : pyspark.RDD
+        Records ``((i,), frame)``, i = 0..n-1.
+    reference : array-like or xarray.DataArray
+        One frame.
+    upsample_factor, max_shift
+        As in :meth:`~xreg.accessor.RegAccessor.estimate`.
+    whole_frame : bool, default False
+        Correlate whole frames circularly (thunder's CrossCorr).
+    axis : int, optional
+        Register each plane along this axis of volume frames on its own.
+    time : array-like, optional
+        Values for the ``time`` coordinate (default: the frame index).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``displacement``, dims ``(time, axis)`` (per plane: ``(time, plane, axis)``).
+    """
+    reference = np.asarray(reference.values if isinstance(reference, xr.DataArray) else reference)
+    if reference.ndim not in (2, 3):
+        raise XregError(f"The reference must be one 2-D or 3-D frame; got shape {reference.shape}.")
+    planes = [reference] if axis is None else list(np.moveaxis(reference, axis, 0))
+    plans = rdd.context.broadcast(
+        [_xarray.make_plan(plane, max_shift, whole_frame) for plane in planes]
+    )
+
+    def run(records):
+        records = list(records)
+        if not records:
+            return
+        keys = [_key(k) for k, _ in records]
+        frames = np.stack([np.asarray(frame) for _, frame in records])
+        if frames.shape[1:] != reference.shape:
+            raise XregError(
+                f"Frames of shape {frames.shape[1:]} do not match the reference's "
+                f"{reference.shape}."
+            )
+        if axis is not None:
+            frames = np.moveaxis(frames, axis + 1, 1)
+        rows = np.stack(
+            [
+                core.estimate_shifts(
+                    frames[:, p] if axis is not None else frames,
+                    plan,
+                    upsample_factor=upsample_factor,
+                    workers=1,
+                )
+                for p, plan in enumerate(plans.value)
+            ],
+            axis=1,
+        )
+        yield from zip(keys, rows, strict=True)
+
+    results = rdd.mapPartitions(run).collect()
+    order = _ordered([k for k, _ in results])
+    table = np.stack([results[i][1] for i in order])  # (n, planes, ndim + 1)
+    n = len(table)
+    labels = {"time": np.arange(n) if time is None else np.asarray(time)}
+    spatial = ("y", "x") if planes[0].ndim == 2 else ("z", "y", "x")
+    attrs = _xarray.estimate_attrs(plans.value[0], upsample_factor, whole_frame)
+    plans.unpersist()
+    if axis is None:
+        return _xarray.displacement_array(
+            table[:, 0, :-1], table[:, 0, -1], labels, "time", spatial, attrs
+        )
+    plane_dim = ("z", "y", "x")[axis]
+    in_plane = [d for d in ("z", "y", "x") if d != plane_dim]
+    shifts = xr.DataArray(
+        table[:, :, :-1],
+        dims=("time", plane_dim, _xarray.AXIS),
+        coords={**labels, _xarray.AXIS: in_plane,
+                _xarray.QUALITY: (("time", plane_dim), table[:, :, -1])},
+        name=_xarray.DISPLACEMENT,
+        attrs=attrs,
+    )
+    return shifts
+
+
+def apply(
+    rdd,
+    shifts,
+    *,
+    order: int = 1,
+    mode: str = "nearest",
+    axis: int | None = None,
+):
+    """Register an RDD's frames on the executors; returns an RDD of ``(key, frame)``.
+
+    Parameters
+    ----------
+    rdd : pyspark.RDD
+        Records ``((i,), frame)``.
+    shifts : xarray.DataArray or array-like
+        Displacements in frame order, ``(n, ndim)`` (per plane ``(n, planes, 2)``).
+    order, mode
+        As in :meth:`xreg.accessor.RegAccessor.apply`.
+    axis : int, optional
+        For per-plane displacements: the plane axis of the volumes.
+
+    Returns
+    -------
+    pyspark.RDD
+        Records with the same keys and registered frames of the same dtype.
+    """
+    if mode not in core.MODES:
+        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(core.MODES)}.")
+    if isinstance(shifts, xr.DataArray):
+        shifts = shifts.values
+    table = rdd.context.broadcast(np.asarray(shifts, dtype=np.float64))
+
+    def move(records: Iterable):
+        for key, frame in records:
+            index = _key(key)
+            if index >= len(table.value):
+                raise XregError(f"No displacement for frame {key!r}; the table has "
+                                f"{len(table.value)} rows.")
+            frame = np.asarray(frame)
+            shift = table.value[index]
+            if axis is None:
+                yield key, core.shift_frames(frame[None], shift[None], order=order, mode=mode)[0]
+            else:
+                planes = np.moveaxis(frame, axis, 0)
+                moved = core.shift_frames(planes, shift, order=order, mode=mode)
+                yield key, np.moveaxis(moved, 0, axis)
+
+    return rdd.mapPartitions(move, preservesPartitioning=True)

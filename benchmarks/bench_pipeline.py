@@ -68,8 +68,11 @@ def main():
             started = time.perf_counter()
             truth = generate(source, n)
             size = sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) / 1e9
-            print(f"generated {n} frames ({size:.1f} GB on disk) in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            print(
+                f"generated {n} frames ({size:.1f} GB on disk) in "
+                f"{time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
             estimate_s, estimate_gb = run(
                 xreg_command + ["estimate", source, folder / f"shifts-{n}.csv", "--quiet"]
             )
@@ -77,17 +80,28 @@ def main():
             stored = io.read_displacement(output).values
             error = stored - truth
             error -= np.median(error, axis=0)
-            rows.append((n, 4 * n * 512 * 512 / 1e9, register_gb, estimate_gb, n / register_s,
-                         n / estimate_s, float(np.sqrt(np.mean(error**2)))))
+            rows.append(
+                (
+                    n,
+                    4 * n * 512 * 512 / 1e9,
+                    register_gb,
+                    estimate_gb,
+                    n / register_s,
+                    n / estimate_s,
+                    float(np.sqrt(np.mean(error**2))),
+                )
+            )
             shutil.rmtree(output)
             shutil.rmtree(source)
     finally:
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
     print()
-    print("| frames | movie (GB, float32) | peak RSS register (GB) | peak RSS estimate (GB) "
-          "| register frames/s (read+estimate+apply+write) | estimate-only frames/s "
-          "| RMS error (px) |")
+    print(
+        "| frames | movie (GB, float32) | peak RSS register (GB) | peak RSS estimate (GB) "
+        "| register frames/s (read+estimate+apply+write) | estimate-only frames/s "
+        "| RMS error (px) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         print("| {} | {:.1f} | {:.2f} | {:.2f} | {:.0f} | {:.0f} | {:.3f} |".format(*row))

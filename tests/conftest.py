@@ -108,6 +108,7 @@ def spark_context():
     import sys
 
     import pyspark  # the `spark` extra, which `make test` installs
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     conf = (
         pyspark.SparkConf()

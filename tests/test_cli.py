@@ -129,8 +129,9 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
 
 def test_help_on_each_subcommand():
     for command in (["--help"], ["register", "--help"], ["estimate", "--help"], ["demo", "--help"]):
-        result = subprocess.run([sys.executable, "-m", "xreg", *command], capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "xreg", *command], capture_output=True, text=True
+        )
         assert result.returncode == 0 and "usage: xreg" in result.stdout
 
 
@@ -141,8 +142,18 @@ def _chunk_files(store: Path, var: str) -> dict:
 def test_killed_run_resumes_to_identical_output(tmp_path):
     source = tmp_path / "in.zarr"
     make_store(source, n_frames=1500, chunk=10, shape=(96, 96))
-    command = [sys.executable, "-m", "xreg", "register", str(source), "--workers", "1",
-               "--reference", "first:50", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "xreg",
+        "register",
+        str(source),
+        "--workers",
+        "1",
+        "--reference",
+        "first:50",
+        "--quiet",
+    ]
     clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
     subprocess.run(command[:5] + [str(clean)] + command[5:], check=True)
 
@@ -172,8 +183,13 @@ def test_killed_during_estimate_resumes(tmp_path):
     make_store(source, n_frames=30)
     # What a run killed mid-estimate leaves: its record and some debris.
     output.mkdir()
-    settings = {"input": str(source.resolve()), "var": None, "reference": "auto",
-                "upsample_factor": 10, "chunk_frames": None}
+    settings = {
+        "input": str(source.resolve()),
+        "var": None,
+        "reference": "auto",
+        "upsample_factor": 10,
+        "chunk_frames": None,
+    }
     (output / io.RUN_FILE).write_text(json.dumps({"settings": settings, "stage": "estimating"}))
     (output / "debris").write_text("half-written")
     assert run("register", source, output, "--quiet") == 0
@@ -190,8 +206,11 @@ def test_lazy_pipeline_end_to_end_with_default_scheduler_and_local_cluster(tmp_p
     expected = moved.reg.apply(moved.reg.estimate(reference)).values
     for use_cluster in (False, True):
         out = tmp_path / f"out-{use_cluster}.zarr"
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None) if use_cluster else None
+        cluster = (
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            if use_cluster
+            else None
+        )
         client = Client(cluster) if cluster else None
         try:
             movie = xr.open_zarr(source)["movie"]

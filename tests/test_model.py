@@ -34,10 +34,7 @@ def test_per_plane_registration():
     reference = rng.standard_normal((2, 5, 6))
     deltas = [[[1, 2], [-1, 0]], [[0, -2], [2, 1]]]
     images = np.stack(
-        [
-            np.stack([np.roll(reference[p], d[p], axis=(0, 1)) for p in range(2)])
-            for d in deltas
-        ]
+        [np.stack([np.roll(reference[p], d[p], axis=(0, 1)) for p in range(2)]) for d in deltas]
     )
     model = CrossCorr(axis=0).fit(images, reference=reference)
     assert model.toarray().shape == (2, 2, 2)
@@ -66,8 +63,12 @@ def test_displacement_apply_and_subpixel_option():
     image = ndimage.shift(reference, (1.5, -2.25), mode="wrap")
     model = CrossCorr(upsample_factor=20, windowed=True).fit(image[None], reference=reference)
     np.testing.assert_allclose(model.toarray(), [[1.5, -2.25]], atol=0.05)
-    assert Displacement([-4, -2]).apply(np.roll(reference, (-4, -2), axis=(0, 1)), mode="wrap") \
-        .tolist() == reference.tolist()
+    assert (
+        Displacement([-4, -2])
+        .apply(np.roll(reference, (-4, -2), axis=(0, 1)), mode="wrap")
+        .tolist()
+        == reference.tolist()
+    )
 
 
 def test_dataarray_in_dataarray_out_and_to_dataarray():
@@ -110,7 +111,8 @@ def test_bad_input():
         CrossCorr().fit(np.ones((0, 5, 5)), reference=reference)
     with pytest.raises(XregError, match="Per-plane"):
         CrossCorr(axis=0).fit(np.ones((2, 5, 5)), reference=np.ones((5, 5)))
-    model = CrossCorr().fit(np.stack([np.arange(25.0).reshape(5, 5)] * 2),
-                            reference=np.arange(25.0).reshape(5, 5))
+    model = CrossCorr().fit(
+        np.stack([np.arange(25.0).reshape(5, 5)] * 2), reference=np.arange(25.0).reshape(5, 5)
+    )
     with pytest.raises(XregError, match="2 transformations but 3"):
         model.transform(np.ones((3, 5, 5)))

@@ -26,8 +26,9 @@ def test_round_trip_is_exact(spark_context, backend):
     assert rdd.getNumPartitions() == 4
     key, frame = rdd.first()
     assert key == (0,) and frame.shape == (64, 48) and frame.dtype == np.uint16
-    back = xspark.from_rdd(rdd, coords={"time": original.time}, attrs=original.attrs,
-                           name=original.name)
+    back = xspark.from_rdd(
+        rdd, coords={"time": original.time}, attrs=original.attrs, name=original.name
+    )
     xr.testing.assert_identical(back, original.compute())
 
 

@@ -102,6 +102,45 @@ def _estimate_chunk(frames, *, plan, upsample_factor, workers):
     )
 
 
+def _estimate_piecewise_chunk(frames, *, plan, upsample_factor, min_quality, workers):
+    n = frames.shape[0]
+    rigid, blocks = core.estimate_piecewise(
+        frames.reshape((n,) + plan.grid.shape),
+        plan,
+        upsample_factor=upsample_factor,
+        min_quality=min_quality,
+        workers=workers,
+    )
+    return np.concatenate([rigid, blocks.reshape(n, -1)], axis=1)
+
+
+def _per_frame(da, dim, spatial, function, width, **kwargs) -> np.ndarray:
+    """Run ``function`` (frames -> (n, width) table) over every chunk; the computed table.
+
+    One pass over the frames: for a Dask-backed movie each chunk is read once.
+    """
+    lazy = da.chunks is not None
+    result = xr.apply_ufunc(
+        function,
+        da,
+        input_core_dims=[list(spatial)],
+        output_core_dims=[["_result"]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"_result": width}},
+        # Dask already runs chunks in parallel; numpy input gets the core's threads.
+        kwargs={**kwargs, "workers": 1 if lazy else None},
+        keep_attrs=False,
+    ).transpose(dim, "_result")
+    if lazy:
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = result.compute()
+    return result.values
+
+
+METHODS = ("rigid", "piecewise")
+
+
 def estimate(
     da: xr.DataArray,
     reference=None,
@@ -111,6 +150,10 @@ def estimate(
     max_shift=None,
     smooth: int | None = None,
     bad_frame_threshold: float = 6.0,
+    method: str = "rigid",
+    block_size=(128, 128),
+    overlap: float = 0.5,
+    min_quality: float = 0.3,
     whole_frame: bool = False,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.estimate`.
@@ -119,44 +162,100 @@ def estimate(
     border window): thunder-registration's CrossCorr, for the model API.
     """
     spatial = frame_dims(da, dim)
+    if method not in METHODS:
+        raise XregError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}.")
+    if smooth is not None and (not isinstance(smooth, int | np.integer) or smooth < 1):
+        raise XregError(f"`smooth` must be a whole number of frames >= 1; got {smooth!r}.")
     attrs = {}
     if reference is None:
         reference = build_reference(da, dim=dim, max_shift=max_shift)
         attrs.update({f"reference_{k}": v for k, v in reference.attrs.items()})
     else:
         attrs["reference_method"] = "given"
-    plan = make_plan(reference_array(reference, da, spatial), max_shift, whole_frame)
-    lazy = da.chunks is not None
-    result = xr.apply_ufunc(
-        _estimate_chunk,
-        da,
-        input_core_dims=[list(spatial)],
-        output_core_dims=[["_result"]],
-        dask="parallelized",
-        output_dtypes=[np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"_result": len(spatial) + 1}},
-        kwargs={
-            "plan": plan,
-            "upsample_factor": upsample_factor,
-            # Dask already runs chunks in parallel; numpy input gets the core's threads.
-            "workers": 1 if lazy else None,
-        },
-        keep_attrs=False,
-    ).transpose(dim, "_result")
-    if lazy:
-        with threadpool_limits(limits=1, user_api="blas"):
-            result = result.compute()
-    values = result.values
-    shifts, quality = values[:, :-1], values[:, -1]
+    reference = reference_array(reference, da, spatial)
+    ndim = len(spatial)
+    if method == "piecewise":
+        plan = core.prepare_piecewise(
+            reference, block_size=block_size, overlap=overlap, max_shift=max_shift
+        )
+        grid_shape = plan.grid.grid_shape
+        values = _per_frame(
+            da,
+            dim,
+            spatial,
+            _estimate_piecewise_chunk,
+            (ndim + 1) * (1 + int(np.prod(grid_shape))),
+            plan=plan,
+            upsample_factor=upsample_factor,
+            min_quality=min_quality,
+        )
+        rigid_plan = plan.rigid
+    else:
+        plan = rigid_plan = make_plan(reference, max_shift, whole_frame)
+        values = _per_frame(
+            da, dim, spatial, _estimate_chunk, ndim + 1, plan=plan, upsample_factor=upsample_factor
+        )
+    shifts, quality = values[:, :ndim], values[:, ndim]
     bad = core.flag_bad_frames(quality, bad_frame_threshold)
-    attrs.update(estimate_attrs(plan, upsample_factor, whole_frame))
+    attrs.update(estimate_attrs(rigid_plan, upsample_factor, whole_frame))
     attrs["bad_frame_threshold"] = float(bad_frame_threshold)
     if smooth:
-        if int(smooth) < 1:
-            raise XregError(f"`smooth` must be a number of frames >= 1; got {smooth!r}.")
         shifts = core.rolling_median(shifts, int(smooth), bad)
         attrs["smooth"] = int(smooth)
-    return displacement_array(shifts, quality, time_coords(da, dim), dim, spatial, attrs, bad)
+    rigid = displacement_array(shifts, quality, time_coords(da, dim), dim, spatial, attrs, bad)
+    if method == "rigid":
+        return rigid
+    blocks = values[:, ndim + 1 :].reshape((len(values),) + grid_shape + (ndim + 1,))
+    block_shifts = blocks[..., :ndim]
+    if smooth:
+        flat = block_shifts.reshape(len(values), -1)
+        block_shifts = core.rolling_median(flat, int(smooth), bad).reshape(block_shifts.shape)
+    return piecewise_array(block_shifts, blocks[..., ndim], rigid, plan.grid, spatial, min_quality)
+
+
+def block_dims(spatial) -> list[str]:
+    return [f"block_{d}" for d in spatial]
+
+
+def piecewise_array(block_shifts, block_quality, rigid, grid, spatial, min_quality):
+    """The piecewise layout: dims (time, block_y, block_x, axis), block centres as coords,
+    the rigid part as the coordinate ``rigid`` (time, axis)."""
+    dim = rigid.dims[0]
+    blocks = block_dims(spatial)
+    coords = {name: coord for name, coord in rigid.coords.items() if name != QUALITY}
+    coords.update({b: centres for b, centres in zip(blocks, grid.centres, strict=True)})
+    coords[QUALITY] = ((dim, *blocks), block_quality)
+    coords["rigid"] = rigid.variable.copy()
+    coords["rigid_quality"] = (dim, rigid[QUALITY].values)
+    attrs = dict(rigid.attrs)
+    attrs.update(
+        {
+            "method": "piecewise",
+            "long_name": "displacement of each block of each frame relative to the reference",
+            "block_size": list(grid.block_size),
+            "block_starts": [list(s) for s in grid.starts],
+            "frame_shape": list(grid.shape),
+            "min_quality": float(min_quality),
+        }
+    )
+    return xr.DataArray(
+        block_shifts, dims=(dim, *blocks, AXIS), coords=coords, name=DISPLACEMENT, attrs=attrs
+    )
+
+
+def grid_of(shifts: xr.DataArray) -> core.BlockGrid:
+    """The block grid a piecewise displacement array was estimated on."""
+    try:
+        return core.BlockGrid(
+            tuple(shifts.attrs["frame_shape"]),
+            tuple(shifts.attrs["block_size"]),
+            tuple(tuple(s) for s in shifts.attrs["block_starts"]),
+        )
+    except KeyError as error:
+        raise XregError(
+            f"These shifts lack the block layout ({error.args[0]!r} attr); pass the array "
+            "`estimate(method='piecewise')` returned, with its attrs."
+        ) from error
 
 
 def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False):
@@ -212,15 +311,28 @@ def _shift_chunk(frames, shifts, *, order, mode, cval):
     return out.reshape(frames.shape)
 
 
-def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial) -> np.ndarray:
-    """Check ``shifts`` against the movie and return them as (n, ndim) numpy."""
+def _warp_chunk(frames, shifts, *, grid, order, mode, cval):
+    n = int(np.prod(frames.shape[: -len(grid.shape)], dtype=np.int64))
+    out = core.warp_frames(
+        frames.reshape((n,) + grid.shape),
+        shifts.reshape((n,) + grid.grid_shape + (len(grid.shape),)),
+        grid,
+        order=order,
+        mode=mode,
+        cval=cval,
+    )
+    return out.reshape(frames.shape)
+
+
+def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial, blocks=()) -> np.ndarray:
+    """Check ``shifts`` against the movie; return them as numpy (n, [*grid,] ndim)."""
     n = da.sizes[dim]
     names = [str(d) for d in spatial]
+    expected = (dim, *blocks, AXIS)
     if isinstance(shifts, xr.DataArray):
-        if set(shifts.dims) != {dim, AXIS}:
+        if set(shifts.dims) != set(expected):
             raise XregError(
-                f"Shifts must have dims ({dim!r}, {AXIS!r}), as `estimate` returns them; "
-                f"got {shifts.dims}."
+                f"Shifts must have dims {expected}, as `estimate` returns them; got {shifts.dims}."
             )
         if AXIS in shifts.coords:
             given = [str(a) for a in shifts[AXIS].values]
@@ -238,10 +350,15 @@ def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial) -> np.ndarray
                     f"The shifts' {dim!r} coordinate does not match the movie's. Select the "
                     f"shifts of these frames: `shifts.sel({dim}=movie.{dim})`."
                 )
-        values = shifts.transpose(dim, AXIS).values
+        values = shifts.transpose(*expected).values
     else:
         values = np.asarray(shifts)
-    if values.shape != (n, len(spatial)) or values.dtype.kind not in "iuf":
+    if (
+        values.ndim != len(expected)
+        or values.shape[0] != n
+        or values.shape[-1] != len(spatial)
+        or values.dtype.kind not in "iuf"
+    ):
         raise XregError(
             f"Expected numeric shifts of shape ({n}, {len(spatial)}) (frames, axes); "
             f"got {values.shape} of dtype {values.dtype}."
@@ -269,30 +386,74 @@ def apply(
         raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(core.MODES)}.")
     if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
         raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
-    values = shifts_array(shifts, da, dim, spatial)
+    piecewise = isinstance(shifts, xr.DataArray) and any(
+        str(d).startswith("block_") for d in shifts.dims
+    )
+    blocks = block_dims(spatial) if piecewise else []
+    values = shifts_array(shifts, da, dim, spatial, blocks)
     if bad_frames != "apply" and isinstance(shifts, xr.DataArray) and BAD_FRAME in shifts.coords:
         bad = shifts[BAD_FRAME].values
         if bad_frames == "leave":
-            values = np.where(bad[:, None], 0.0, values)
+            values = np.where(bad.reshape((-1,) + (1,) * (values.ndim - 1)), 0.0, values)
         else:
             values = core.fill_from_neighbours(values, bad)
-    shift_da = xr.DataArray(values, dims=(dim, AXIS))
+    kwargs = {"order": int(order), "mode": mode, "cval": cval}
+    if piecewise:
+        grid = grid_of(shifts)
+        frame_shape = tuple(da.sizes[d] for d in spatial)
+        if grid.shape != frame_shape or grid.grid_shape != values.shape[1:-1]:
+            raise XregError(
+                f"These block shifts were estimated on frames of shape {grid.shape}; the "
+                f"movie's frames are {frame_shape}."
+            )
+        function, kwargs["grid"] = _warp_chunk, grid
+    else:
+        function = _shift_chunk
+    shift_da = xr.DataArray(values, dims=(dim, *blocks, AXIS))
     if da.chunks is not None:
-        shift_da = shift_da.chunk({dim: da.chunksizes[dim], AXIS: -1})
+        shift_da = shift_da.chunk({dim: da.chunksizes[dim]})
     out = xr.apply_ufunc(
-        _shift_chunk,
+        function,
         da,
         shift_da,
-        input_core_dims=[list(spatial), [AXIS]],
+        input_core_dims=[list(spatial), [*blocks, AXIS]],
         output_core_dims=[list(spatial)],
         dask="parallelized",
         output_dtypes=[da.dtype],
-        kwargs={"order": int(order), "mode": mode, "cval": cval},
+        kwargs=kwargs,
         keep_attrs=True,
     )
     out = out.transpose(*da.dims).rename(da.name)
     out.encoding = dict(da.encoding)
     return out
+
+
+def field(shifts: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    """See :meth:`xreg.accessor.RegAccessor.field`."""
+    if not isinstance(shifts, xr.DataArray) or AXIS not in shifts.dims:
+        raise XregError("`field` is for displacement arrays, as `estimate` returns them.")
+    axes = [str(a) for a in shifts[AXIS].values]
+    blocks = [d for d in shifts.dims if str(d).startswith("block_")]
+    if not blocks:
+        # Rigid: the same displacement at every pixel; shape unknown, so one value each.
+        raise XregError(
+            "Rigid shifts are one displacement per frame; `field` needs piecewise shifts "
+            "(`estimate(method='piecewise')`)."
+        )
+    grid = grid_of(shifts)
+    values = shifts.transpose(..., *blocks, AXIS).values
+    lead = values.shape[: -(len(blocks) + 1)]
+    dense = core.displacement_field(values.reshape((-1,) + values.shape[-len(blocks) - 1 :]), grid)
+    dense = dense.reshape(lead + dense.shape[1:])
+    other = [d for d in shifts.dims if d not in blocks and d != AXIS]
+    return xr.DataArray(
+        dense,
+        dims=(*other, AXIS, *axes),
+        coords={name: c for name, c in shifts.coords.items() if set(c.dims) <= set(other)}
+        | {AXIS: axes},
+        name="displacement_field",
+        attrs={"units": "pixel", "long_name": "per-pixel displacement"},
+    )
 
 
 # --------------------------------------------------------------------------- reference

@@ -82,8 +82,12 @@ class RegAccessor:
         max_shift=None,
         smooth: int | None = None,
         bad_frame_threshold: float = 6.0,
+        method: str = "rigid",
+        block_size=(128, 128),
+        overlap: float = 0.5,
+        min_quality: float = 0.3,
     ) -> xr.DataArray:
-        """Estimate the rigid displacement of every frame relative to a reference.
+        """Estimate the displacement of every frame relative to a reference.
 
         Parameters
         ----------
@@ -105,6 +109,16 @@ class RegAccessor:
         bad_frame_threshold : float, default 6.0
             Frames whose quality lies more than this many robust standard deviations
             below the movie's median quality are flagged in ``bad_frame``.
+        method : {"rigid", "piecewise"}, default "rigid"
+            ``"piecewise"``: after the rigid step, one subpixel shift per
+            overlapping block (non-rigid motion, as suite2p and NoRMCorre).
+        block_size : int or sequence of int, default (128, 128)
+            Piecewise only: block size in pixels per axis.
+        overlap : float, default 0.5
+            Piecewise only: fraction of a block shared with its neighbour.
+        min_quality : float, default 0.3
+            Piecewise only: a block whose correlation peak is weaker than this
+            takes the frame's rigid displacement.
 
         Returns
         -------
@@ -114,8 +128,11 @@ class RegAccessor:
             ``time``), a ``quality`` coordinate (normalised correlation at the
             peak, 0..1), a boolean ``bad_frame`` coordinate (quality outliers:
             blanked frames, noise, sudden z-motion) and attrs with units, method
-            and settings.  Computed (numpy-backed),
-            also for a Dask-backed movie, whose chunks are each read once.
+            and settings.  Piecewise: dims ``(time, block_y, block_x, axis)``, the
+            block centres (pixels) as ``block_*`` coordinates, ``quality`` per block,
+            and the rigid part as the coordinate ``rigid`` ``(time, axis)``.
+            Computed (numpy-backed), also for a Dask-backed movie, whose chunks
+            are each read once.
 
         Raises
         ------
@@ -158,6 +175,10 @@ class RegAccessor:
             max_shift=max_shift,
             smooth=smooth,
             bad_frame_threshold=bad_frame_threshold,
+            method=method,
+            block_size=block_size,
+            overlap=overlap,
+            min_quality=min_quality,
         )
 
     def apply(
@@ -177,7 +198,9 @@ class RegAccessor:
         shifts : xarray.DataArray or array-like
             Displacements as :meth:`estimate` returns them (dims ``(time, axis)``),
             or an array of shape ``(n_frames, n_axes)``.  A ``time`` coordinate must
-            match the movie's.
+            match the movie's.  Piecewise shifts (with ``block_*`` dims) are turned
+            into a smooth per-pixel field (linear between block centres) that warps
+            each frame.
         order : int, default 1
             Interpolation order for fractional shifts (0 to 5).  Integer shifts are
             applied exactly, by moving samples.
@@ -209,3 +232,22 @@ class RegAccessor:
         return _xarray.apply(
             self._obj, shifts, order=order, mode=mode, cval=cval, bad_frames=bad_frames, dim=dim
         )
+
+    def field(self) -> xr.DataArray:
+        """The per-pixel displacement field of piecewise shifts (this array).
+
+        Returns
+        -------
+        xarray.DataArray
+            ``displacement_field``, dims ``(time, axis, y, x)``: block displacements
+            interpolated linearly between block centres, as :meth:`apply` uses them.
+
+        Examples
+        --------
+        >>> import xreg
+        >>> movie = xreg.datasets.mouse(n_frames=4, shape=(96, 96))
+        >>> shifts = movie.reg.estimate(movie.mean("time"), method="piecewise", block_size=48)
+        >>> shifts.reg.field().isel(time=0).dims
+        ('axis', 'y', 'x')
+        """
+        return _xarray.field(self._obj)

@@ -52,7 +52,8 @@ def _ordered(keys: Sequence[int]) -> np.ndarray:
     if len(keys) and (ordered[0] != 0 or ordered[-1] != len(keys) - 1):
         missing = sorted(set(range(int(ordered[-1]) + 1)) - set(ordered.tolist()))[:5]
         raise XregError(
-            f"Frame keys must run from (0,) to (n-1,) without gaps; missing {[(k,) for k in missing]}."
+            "Frame keys must run from (0,) to (n-1,) without gaps; "
+            f"missing {[(k,) for k in missing]}."
         )
     return order
 
@@ -277,8 +278,11 @@ def estimate(
     shifts = xr.DataArray(
         table[:, :, :-1],
         dims=("time", plane_dim, _xarray.AXIS),
-        coords={**labels, _xarray.AXIS: in_plane,
-                _xarray.QUALITY: (("time", plane_dim), table[:, :, -1])},
+        coords={
+            **labels,
+            _xarray.AXIS: in_plane,
+            _xarray.QUALITY: (("time", plane_dim), table[:, :, -1]),
+        },
         name=_xarray.DISPLACEMENT,
         attrs=attrs,
     )
@@ -321,8 +325,9 @@ def apply(
         for key, frame in records:
             index = _key(key)
             if index >= len(table.value):
-                raise XregError(f"No displacement for frame {key!r}; the table has "
-                                f"{len(table.value)} rows.")
+                raise XregError(
+                    f"No displacement for frame {key!r}; the table has {len(table.value)} rows."
+                )
             frame = np.asarray(frame)
             shift = table.value[index]
             if axis is None:

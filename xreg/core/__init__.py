@@ -4,12 +4,28 @@ Everything here takes and returns numpy arrays with the frame axis first.
 """
 
 from .correlation import ReferencePlan, default_max_shift, estimate_shifts, prepare_reference
+from .piecewise import (
+    BlockGrid,
+    PiecewisePlan,
+    block_grid,
+    displacement_field,
+    estimate_piecewise,
+    prepare_piecewise,
+    warp_frames,
+)
 from .reference import build_reference, sample_indices
 from .series import fill_from_neighbours, flag_bad_frames, rolling_median
 from .shift import MODES, shift_frames
 
 __all__ = [
     "MODES",
+    "BlockGrid",
+    "PiecewisePlan",
+    "block_grid",
+    "displacement_field",
+    "estimate_piecewise",
+    "prepare_piecewise",
+    "warp_frames",
     "ReferencePlan",
     "build_reference",
     "default_max_shift",

@@ -72,7 +72,7 @@ def seed_reference(frames: np.ndarray) -> np.ndarray:
     numpy.ndarray
         float64 frame.
     """
-    flat = _binned(frames.astype(np.float32))
+    flat = _binned(frames.astype(np.float32, copy=False))
     flat = flat - flat.mean(axis=1, keepdims=True)
     flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
     similarity = flat @ flat.T
@@ -97,14 +97,14 @@ def _average_registered(frames, shifts):
     """Mean of the frames moved by ``shifts``, counting only pixels that stayed inside.
 
     Linear interpolation: fast, and its slight smoothing averages out over frames
-    with different fractional shifts.
+    with different fractional shifts.  One frame at a time, to keep memory flat.
     """
-    moved = shift_frames(frames.astype(np.float32, copy=False), shifts, order=1)
     total = np.zeros(frames.shape[1:])
     count = np.zeros(frames.shape[1:])
-    for frame, shift in zip(moved, shifts, strict=True):
-        valid = _inside(frame.shape, shift) & np.isfinite(frame)
-        total += np.where(valid, frame, 0)
+    for frame, shift in zip(frames, shifts, strict=True):
+        moved = shift_frames(frame[None].astype(np.float32, copy=False), shift[None], order=1)[0]
+        valid = _inside(frame.shape, shift) & np.isfinite(moved)
+        total += np.where(valid, moved, 0)
         count += valid
     mean = total / np.maximum(count, 1)
     # Pixels no frame covered: the mean of the rest (they carry no weight anyway).

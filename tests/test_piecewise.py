@@ -1,0 +1,132 @@
+"""Piecewise-rigid (non-rigid) registration against a known smooth displacement field."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes, smooth_image
+from scipy import ndimage
+
+import xreg
+from xreg import XregError
+
+
+def nonrigid_movie(n=10, size=192, seed=0, noise=True):
+    """Frames warped by a smooth random field (up to ~5 px), different in every frame."""
+    rng = np.random.default_rng(seed)
+    reference = xreg.datasets.large(n_frames=1, shape=(size, size), seed=seed).isel(time=0)
+    reference = ndimage.gaussian_filter(reference.values.astype(float), 1.0)
+    grid = np.indices((size, size), dtype=float)
+    frames, fields = [], []
+    for _ in range(n):
+        coarse = rng.uniform(-2.5, 2.5, (2, 3, 3))
+        field = np.stack([ndimage.zoom(c, size / 3, order=3, mode="nearest") for c in coarse])
+        field = field[:, :size, :size] + rng.uniform(-2.5, 2.5, (2, 1, 1))
+        frames.append(ndimage.map_coordinates(reference, grid - field, order=3, mode="nearest"))
+        fields.append(field)
+    frames = np.stack(frames)
+    if noise:
+        frames = rng.poisson(np.maximum(frames, 0))
+    movie = xr.DataArray(
+        frames.astype(np.float32), dims=("time", "y", "x"), coords={"time": np.arange(n) * 0.1}
+    )
+    return movie, reference, np.stack(fields)
+
+
+@pytest.fixture(scope="module")
+def warped():
+    return nonrigid_movie()
+
+
+def test_block_shifts_match_the_true_field(warped, backend):
+    movie, reference, fields = warped
+    movie = movie.chunk(time=4) if backend == "dask" else movie
+    shifts = movie.reg.estimate(reference, method="piecewise", block_size=64, overlap=0.5)
+    assert shifts.dims == ("time", "block_y", "block_x", "axis")
+    assert shifts.attrs["method"] == "piecewise"
+    assert shifts.rigid.dims == ("time", "axis") and shifts.quality.dims == shifts.dims[:-1]
+    cy = np.rint(shifts.block_y.values).astype(int)
+    cx = np.rint(shifts.block_x.values).astype(int)
+    truth = np.moveaxis(fields[:, :, cy][:, :, :, cx], 1, -1)
+    rms = np.sqrt(np.mean((shifts.values - truth) ** 2))
+    assert rms < 0.2
+
+
+def test_registered_movie_beats_rigid(warped, backend):
+    movie, reference, _ = warped
+    movie = movie.chunk(time=4) if backend == "dask" else movie
+    piecewise = movie.reg.apply(movie.reg.estimate(reference, method="piecewise", block_size=64))
+    rigid = movie.reg.apply(movie.reg.estimate(reference))
+    inner = {"y": slice(24, -24), "x": slice(24, -24)}
+    target = xr.DataArray(reference, dims=("y", "x")).isel(inner)
+
+    def correlation(registered):
+        return float(xr.corr(registered.isel(inner), target, dim=["y", "x"]).mean())
+
+    assert correlation(piecewise) > correlation(rigid) + 0.01
+    assert piecewise.dims == movie.dims and piecewise.dtype == movie.dtype
+
+
+def test_lazy_apply_and_field(warped):
+    movie, reference, _ = warped
+    lazy = movie.chunk(time=5)
+    shifts = lazy.reg.estimate(reference, method="piecewise", block_size=64)
+    with raise_if_dask_computes():
+        fixed = lazy.reg.apply(shifts)
+    assert fixed.chunks is not None
+    field = shifts.reg.field()
+    assert field.dims == ("time", "axis", "y", "x") and field.shape == (10, 2, 192, 192)
+    # At a block centre the field is that block's displacement.
+    block = shifts.isel(block_y=1, block_x=2)
+    at_centre = field.isel(y=int(block.block_y), x=int(round(float(block.block_x))))
+    np.testing.assert_allclose(at_centre.values, block.values, atol=0.05)
+
+
+def test_uniform_motion_gives_uniform_blocks():
+    image = smooth_image((128, 128), sigma=2.0, seed=3) * 1000
+    frames = np.stack([ndimage.shift(image, (2.3, -1.4), mode="nearest")] * 2)
+    movie = xr.DataArray(frames, dims=("time", "y", "x"))
+    shifts = movie.reg.estimate(image, method="piecewise", block_size=64, upsample_factor=20)
+    np.testing.assert_allclose(shifts.values, np.broadcast_to([2.3, -1.4], shifts.shape), atol=0.1)
+
+
+def test_weak_blocks_fall_back_to_rigid():
+    image = smooth_image((128, 128), sigma=2.0, seed=4) * 1000
+    frame = ndimage.shift(image, (1.5, 2.0), mode="nearest")
+    frame[:64, :64] = np.random.default_rng(0).normal(500, 200, (64, 64))  # unmatchable
+    movie = xr.DataArray(frame[None], dims=("time", "y", "x"))
+    shifts = movie.reg.estimate(image, method="piecewise", block_size=64, overlap=0)
+    assert float(shifts.quality.isel(time=0, block_y=0, block_x=0)) == 0
+    np.testing.assert_allclose(
+        shifts.isel(time=0, block_y=0, block_x=0).values, shifts.rigid.isel(time=0).values
+    )
+
+
+def test_volumes_with_3d_blocks():
+    volume = ndimage.gaussian_filter(np.random.default_rng(5).standard_normal((48, 48, 48)), 2)
+    moved = ndimage.shift(volume, (1.2, -0.8, 2.1), mode="nearest")
+    movie = xr.DataArray(np.stack([volume, moved]), dims=("time", "z", "y", "x"))
+    shifts = movie.reg.estimate(volume, method="piecewise", block_size=32, upsample_factor=20)
+    assert shifts.dims == ("time", "block_z", "block_y", "block_x", "axis")
+    np.testing.assert_allclose(
+        shifts.isel(time=1).values.reshape(-1, 3).mean(axis=0), [1.2, -0.8, 2.1], atol=0.1
+    )
+    assert movie.reg.apply(shifts).shape == movie.shape
+
+
+def test_bad_input():
+    movie = xr.DataArray(np.zeros((2, 64, 64)), dims=("time", "y", "x"))
+    image = smooth_image((64, 64))
+    with pytest.raises(XregError, match="method"):
+        movie.reg.estimate(image, method="elastic")
+    with pytest.raises(XregError, match="block_size"):
+        movie.reg.estimate(image, method="piecewise", block_size=4)
+    with pytest.raises(XregError, match="overlap"):
+        movie.reg.estimate(image, method="piecewise", overlap=1.0)
+    shifts = movie.reg.estimate(image, method="piecewise", block_size=32)
+    other = xr.DataArray(np.zeros((2, 96, 96)), dims=("time", "y", "x"))
+    with pytest.raises(XregError, match="frames of shape"):
+        other.reg.apply(shifts)
+    with pytest.raises(XregError, match="block layout"):
+        movie.reg.apply(shifts.drop_attrs())
+    with pytest.raises(XregError, match="piecewise"):
+        movie.reg.estimate(image).reg.field()

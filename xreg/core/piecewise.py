@@ -1,0 +1,304 @@
+"""Piecewise-rigid (non-rigid) registration: one shift per overlapping block.
+
+As suite2p and NoRMCorre: a rigid shift first, then a subpixel shift per block of
+the frame, a fallback to the rigid shift where a block's correlation is too weak,
+and a smooth per-pixel displacement field interpolated between block centres to
+warp each frame.  Two choices of our own: blocks are cut from each frame at its
+whole-pixel rigid position by slicing (no interpolation before estimating), and
+each block is estimated with the same border-safe windowed correlation as whole
+frames, so the blocks' own edges do not bias them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import XregError
+from .correlation import ReferencePlan, estimate_shifts, prepare_reference
+from .shift import MODES, _working_dtype
+
+__all__ = [
+    "BlockGrid",
+    "PiecewisePlan",
+    "block_grid",
+    "displacement_field",
+    "estimate_piecewise",
+    "prepare_piecewise",
+    "warp_frames",
+]
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Overlapping blocks covering a frame: their size, start offsets and centres."""
+
+    shape: tuple[int, ...]
+    block_size: tuple[int, ...]
+    starts: tuple[tuple[int, ...], ...]  # per axis
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.starts)
+
+    @property
+    def centres(self) -> tuple[np.ndarray, ...]:
+        """Block centres per axis, in pixels (as pixel coordinates 0..n-1)."""
+        return tuple(
+            np.asarray(s) + (b - 1) / 2 for s, b in zip(self.starts, self.block_size, strict=True)
+        )
+
+
+def block_grid(shape, block_size, overlap: float = 0.5) -> BlockGrid:
+    """Blocks of ``block_size`` overlapping by ``overlap`` (a fraction), spanning ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Frame shape.
+    block_size : int or tuple of int
+        Block size per axis (capped at the frame size).
+    overlap : float, default 0.5
+        Fraction of a block shared with its neighbour, 0 <= overlap < 1.
+
+    Returns
+    -------
+    BlockGrid
+    """
+    if not 0 <= overlap < 1:
+        raise XregError(f"`overlap` must be a fraction in [0, 1); got {overlap!r}.")
+    block_size = tuple(np.broadcast_to(np.asarray(block_size, dtype=int), (len(shape),)).tolist())
+    if min(block_size) < 8:
+        raise XregError(f"`block_size` must be at least 8 px per axis; got {block_size}.")
+    block_size = tuple(min(b, n) for b, n in zip(block_size, shape, strict=True))
+    starts = []
+    for n, b in zip(shape, block_size, strict=True):
+        step = b * (1 - overlap)
+        count = 1 + max(0, math.ceil((n - b) / step - 1e-9))
+        starts.append(tuple(np.linspace(0, n - b, count).round().astype(int).tolist()))
+    return BlockGrid(tuple(shape), block_size, tuple(starts))
+
+
+@dataclass(frozen=True)
+class PiecewisePlan:
+    """The rigid plan, the block grid and one plan per block (flattened grid order)."""
+
+    rigid: ReferencePlan
+    grid: BlockGrid
+    blocks: tuple[ReferencePlan | None, ...]  # None: a block with no contrast
+
+
+def _block_slices(grid: BlockGrid, index: tuple[int, ...], offset=None):
+    offset = (0,) * len(index) if offset is None else offset
+    return tuple(
+        slice(grid.starts[a][i] + o, grid.starts[a][i] + o + grid.block_size[a])
+        for a, (i, o) in enumerate(zip(index, offset, strict=True))
+    )
+
+
+def prepare_piecewise(
+    reference: np.ndarray,
+    *,
+    block_size=128,
+    overlap: float = 0.5,
+    max_shift=None,
+    block_max_shift=None,
+) -> PiecewisePlan:
+    """Plans for the rigid step and for every block of the reference.
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        2-D or 3-D reference frame.
+    block_size, overlap
+        As in :func:`block_grid`.
+    max_shift : optional
+        Search range of the rigid step (see :func:`prepare_reference`).
+    block_max_shift : int, optional
+        Search range of each block around the rigid shift; default: a tenth of
+        the block, at least 3 px.
+
+    Returns
+    -------
+    PiecewisePlan
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    grid = block_grid(reference.shape, block_size, overlap)
+    if block_max_shift is None:
+        block_max_shift = tuple(max(3, b // 10) for b in grid.block_size)
+    plans = []
+    for index in np.ndindex(*grid.grid_shape):
+        block = reference[_block_slices(grid, index)]
+        # A block with no contrast (flat background) cannot be matched: rigid fallback.
+        plans.append(
+            prepare_reference(block, max_shift=block_max_shift) if block.std() > 0 else None
+        )
+    rigid = prepare_reference(reference, max_shift=max_shift)
+    return PiecewisePlan(rigid, grid, tuple(plans))
+
+
+def estimate_piecewise(
+    frames: np.ndarray,
+    plan: PiecewisePlan,
+    *,
+    upsample_factor: int = 10,
+    min_quality: float = 0.3,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rigid and per-block displacements of each frame.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        ``(n, *frame_shape)``.
+    plan : PiecewisePlan
+    upsample_factor : int, default 10
+    min_quality : float, default 0.3
+        A block whose normalised correlation peak is below this takes the rigid
+        displacement instead (low signal, nothing to match).
+    workers : int, optional
+        Threads over blocks; default all cores.
+
+    Returns
+    -------
+    rigid : numpy.ndarray
+        ``(n, ndim + 1)``: rigid displacement and quality.
+    blocks : numpy.ndarray
+        ``(n, *grid_shape, ndim + 1)``: each block's displacement (rigid included)
+        and quality (0 where the rigid fallback was taken).
+    """
+    frames = np.asarray(frames)
+    ndim = plan.rigid.ndim
+    rigid = estimate_shifts(frames, plan.rigid, upsample_factor=upsample_factor, workers=workers)
+    whole = np.rint(rigid[:, :ndim]).astype(int)
+    # Cut each block at the frame's whole-pixel rigid position; pad so it always fits.
+    pad = int(np.abs(whole).max()) if len(whole) else 0
+    padded = np.pad(frames, [(0, 0)] + [(pad, pad)] * ndim, mode="edge") if pad else frames
+    out = np.zeros((len(frames),) + plan.grid.grid_shape + (ndim + 1,))
+
+    def run(flat_index):
+        index = np.unravel_index(flat_index, plan.grid.grid_shape)
+        block_plan = plan.blocks[flat_index]
+        if block_plan is None:
+            return
+        crops = np.stack(
+            [
+                padded[(t,) + _block_slices(plan.grid, index, whole[t] + pad)]
+                for t in range(len(frames))
+            ]
+        )
+        result = estimate_shifts(crops, block_plan, upsample_factor=upsample_factor, workers=1)
+        out[(slice(None),) + tuple(index)] = np.concatenate(
+            [result[:, :ndim] + whole, result[:, ndim:]], axis=1
+        )
+
+    count = int(np.prod(plan.grid.grid_shape))
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    if workers == 1:
+        for flat_index in range(count):
+            run(flat_index)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, range(count)))
+    weak = out[..., ndim] < min_quality
+    rigid_expanded = np.broadcast_to(
+        rigid[:, None, :ndim].reshape((len(frames),) + (1,) * ndim + (ndim,)), out[..., :ndim].shape
+    )
+    out[..., :ndim] = np.where(weak[..., None], rigid_expanded, out[..., :ndim])
+    out[..., ndim] = np.where(weak, 0.0, out[..., ndim])
+    return rigid, out
+
+
+def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
+    """(size, len(positions)) weights: linear interpolation from block centres to pixels,
+    constant beyond the outermost centres."""
+    pixels = np.arange(size)
+    matrix = np.zeros((size, len(positions)))
+    if len(positions) == 1:
+        matrix[:, 0] = 1
+        return matrix
+    clipped = np.clip(pixels, positions[0], positions[-1])
+    upper = np.clip(np.searchsorted(positions, clipped, side="right"), 1, len(positions) - 1)
+    lower = upper - 1
+    fraction = (clipped - positions[lower]) / (positions[upper] - positions[lower])
+    matrix[pixels, lower] = 1 - fraction
+    matrix[pixels, upper] += fraction
+    return matrix
+
+
+def displacement_field(block_shifts: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """Per-pixel displacement from per-block displacements (multilinear between centres).
+
+    Parameters
+    ----------
+    block_shifts : numpy.ndarray
+        ``(n, *grid_shape, ndim)``.
+    grid : BlockGrid
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n, ndim, *frame_shape)``.
+    """
+    values = np.moveaxis(np.asarray(block_shifts, dtype=np.float64), -1, 1)  # (n, ndim, *grid)
+    for axis, (centres, size) in enumerate(zip(grid.centres, grid.shape, strict=True)):
+        matrix = _interpolation_matrix(centres, size)
+        values = np.moveaxis(np.tensordot(values, matrix, axes=([axis + 2], [1])), -1, axis + 2)
+    return values.astype(np.float32)
+
+
+def warp_frames(
+    frames: np.ndarray,
+    block_shifts: np.ndarray,
+    grid: BlockGrid,
+    *,
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> np.ndarray:
+    """Undo non-rigid motion: ``out[i](x) = frames[i](x + field[i](x))``.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        ``(n, *frame_shape)``.
+    block_shifts : numpy.ndarray
+        ``(n, *grid_shape, ndim)`` from :func:`estimate_piecewise`.
+    grid : BlockGrid
+    order : int, default 1
+        Interpolation order (0 to 5).
+    mode, cval
+        Boundary handling, as in :func:`xreg.core.shift_frames`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Same shape and dtype as ``frames`` (integers rounded and clipped).
+    """
+    if mode not in MODES:
+        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    frames = np.asarray(frames)
+    field = displacement_field(block_shifts, grid)
+    work = _working_dtype(frames.dtype)
+    base = np.indices(grid.shape, dtype=np.float32)
+    spline_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
+    out = np.empty(frames.shape, frames.dtype)
+    for i, frame in enumerate(frames):
+        moved = ndimage.map_coordinates(
+            frame.astype(work, copy=False),
+            base + field[i],
+            order=order,
+            mode=spline_mode,
+            cval=cval,
+            prefilter=order > 1,
+        )
+        if frames.dtype.kind in "iu":
+            info = np.iinfo(frames.dtype)
+            moved = np.clip(np.rint(moved), info.min, info.max)
+        out[i] = moved
+    return out

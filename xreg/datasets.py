@@ -17,7 +17,7 @@ from scipy import ndimage
 from ._xarray import displacement_array, frame_dims, time_coords
 from .errors import XregError
 
-__all__ = ["add_motion", "large", "mouse"]
+__all__ = ["add_motion", "add_nonrigid_motion", "large", "mouse"]
 
 FRAME_RATE = 15.0  # Hz, for the time coordinate
 
@@ -248,3 +248,66 @@ def add_motion(
     # Moving by d is applying -d; a cubic spline keeps the detail.
     moved = movie.reg.apply(-truth.drop_vars("quality"), order=3, mode="nearest", dim=dim)
     return moved, truth
+
+
+def add_nonrigid_motion(
+    movie: xr.DataArray,
+    *,
+    max_shift: float = 5.0,
+    nodes: int = 3,
+    seed: int = 0,
+    dim: str = "time",
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Warp every frame by its own smooth random displacement field (non-rigid motion).
+
+    Parameters
+    ----------
+    movie : xarray.DataArray
+        Dims ``(time, y, x)`` (numpy-backed; the result is computed).
+    max_shift : float, default 5.0
+        Bound on the displacement per axis: half from a shift of the whole frame,
+        half from a smooth variation across it.
+    nodes : int, default 3
+        The variation is a cubic spline through ``nodes x nodes`` random values.
+    seed : int, default 0
+
+    Returns
+    -------
+    moved : xarray.DataArray
+        ``moved[t](x) = movie[t](x - field[t](x))`` (cubic spline, edge extended).
+    field : xarray.DataArray
+        The true displacement, dims ``(time, axis, y, x)``.
+    """
+    spatial = frame_dims(movie, dim)
+    if len(spatial) != 2:
+        raise XregError("add_nonrigid_motion() makes 2-D fields; pass a (time, y, x) movie.")
+    rng = np.random.default_rng(seed)
+    shape = tuple(movie.sizes[d] for d in spatial)
+    pixels = np.indices(shape, dtype=float)
+    frames = movie.transpose(dim, *spatial).values
+    moved = np.empty(frames.shape, frames.dtype)
+    fields = np.empty((len(frames), 2) + shape, np.float32)
+    half = max_shift / 2
+    for t, frame in enumerate(frames):
+        coarse = rng.uniform(-half, half, (2, nodes, nodes))
+        field = np.stack(
+            [ndimage.zoom(c, np.asarray(shape) / nodes, order=3, mode="nearest") for c in coarse]
+        )[:, : shape[0], : shape[1]]
+        field = np.clip(field, -half, half) + rng.uniform(-half, half, (2, 1, 1))
+        warped = ndimage.map_coordinates(
+            frame.astype(float), pixels - field, order=3, mode="nearest"
+        )
+        if frames.dtype.kind in "iu":
+            info = np.iinfo(frames.dtype)
+            warped = np.clip(np.rint(warped), info.min, info.max)
+        moved[t] = warped
+        fields[t] = field
+    moved_da = movie.transpose(dim, *spatial).copy(data=moved).transpose(*movie.dims)
+    field_da = xr.DataArray(
+        fields,
+        dims=(dim, "axis", *spatial),
+        coords={**time_coords(movie, dim), "axis": [str(d) for d in spatial]},
+        name="displacement_field",
+        attrs={"units": "pixel", "long_name": "true per-pixel displacement"},
+    )
+    return moved_da, field_da

@@ -37,6 +37,7 @@ __all__ = [
     "default_max_shift",
     "estimate_shifts",
     "prepare_reference",
+    "stack_plans",
     "window_profile",
 ]
 
@@ -101,7 +102,7 @@ class ReferencePlan:
     shape: tuple[int, ...]
     max_shift: tuple[int, ...]
     weight: np.ndarray  # float32, frame shape: the window applied to each frame
-    weight_sum: float
+    weight_sum: float | np.ndarray  # an array for stacked plans
     conj_ref: np.ndarray  # complex64, conj(rfftn(normalised reference))
     conj_ref_sq: np.ndarray  # complex64, conj(rfftn(normalised reference ** 2))
     local_energy: np.ndarray  # float64 window: reference variance under shifted window
@@ -109,6 +110,34 @@ class ReferencePlan:
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+
+def stack_plans(plans) -> ReferencePlan:
+    """Several references of one shape as one plan, for :func:`estimate_shifts`'s
+    ``plan_index``: one batched pass compares each item with its own reference.
+
+    Parameters
+    ----------
+    plans : sequence of ReferencePlan
+        Same shape and search range.
+
+    Returns
+    -------
+    ReferencePlan
+        Its arrays carry a leading axis, one entry per plan.
+    """
+    first = plans[0]
+    if any(p.shape != first.shape or p.max_shift != first.max_shift for p in plans):
+        raise XregError("Stacked references must share their shape and search range.")
+    return ReferencePlan(
+        shape=first.shape,
+        max_shift=first.max_shift,
+        weight=np.stack([p.weight for p in plans]),
+        weight_sum=np.array([p.weight_sum for p in plans]),
+        conj_ref=np.stack([p.conj_ref for p in plans]),
+        conj_ref_sq=np.stack([p.conj_ref_sq for p in plans]),
+        local_energy=np.stack([p.local_energy for p in plans]),
+    )
 
 
 def _window_indices(plan_shape, half_widths):
@@ -266,6 +295,7 @@ def estimate_shifts(
     *,
     upsample_factor: int = 10,
     workers: int | None = None,
+    plan_index: np.ndarray | None = None,
 ) -> np.ndarray:
     """Displacement and quality of each frame relative to the planned reference.
 
@@ -281,6 +311,9 @@ def estimate_shifts(
         integer shifts.
     workers : int, optional
         Threads over batches of frames; default: all cores.
+    plan_index : numpy.ndarray, optional
+        With a plan from :func:`stack_plans`: which of its references each frame
+        is compared with (one index per frame).
 
     Returns
     -------
@@ -313,7 +346,8 @@ def estimate_shifts(
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
 
     def run(batch):
-        out[batch] = _estimate_batch(frames[batch], plan, upsample_factor)
+        index = None if plan_index is None else np.asarray(plan_index)[batch]
+        out[batch] = _estimate_batch(frames[batch], plan, upsample_factor, index)
 
     if workers == 1 or len(batches) == 1:
         for batch in batches:
@@ -325,13 +359,16 @@ def estimate_shifts(
     return out
 
 
-def _estimate_batch(frames, plan, upsample_factor):
+def _estimate_batch(frames, plan, upsample_factor, index=None):
     ndim = plan.ndim
     axes = tuple(range(1, ndim + 1))
     expand = (-1,) + (1,) * ndim
     frames = frames.astype(np.float32, copy=False)
-    weight = plan.weight[None]
-    weight_sum = np.full(len(frames), plan.weight_sum)
+    # The plan's arrays per item: one reference for all (a leading axis of 1), or,
+    # for a stacked plan, the reference of each item (``index``).
+    pick = (lambda a: np.asarray(a)[None]) if index is None else (lambda a: np.asarray(a)[index])
+    weight, conj_ref, conj_ref_sq = pick(plan.weight), pick(plan.conj_ref), pick(plan.conj_ref_sq)
+    weight_sum = np.broadcast_to(pick(plan.weight_sum), len(frames)).astype(np.float64)
     # A NaN or inf anywhere makes the frame's sum non-finite: the cheap test.
     masked = ~np.isfinite(frames.reshape(len(frames), -1).sum(axis=1))
     if masked.any():
@@ -353,19 +390,21 @@ def _estimate_batch(frames, plan, upsample_factor):
         frame_energy[i] = np.vdot(centred[i], frame)
 
     cross = sfft.rfftn(centred, axes=axes, workers=1)
-    cross *= plan.conj_ref
+    cross *= conj_ref
     half = plan.max_shift
     numerator = _correlate_window(cross, plan.shape, half)
 
-    energy = np.broadcast_to(plan.local_energy, (len(frames),) + plan.local_energy.shape)
+    local = pick(plan.local_energy)
+    energy = np.broadcast_to(local, (len(frames),) + local.shape[1:])
     if masked.any():
         # Frames with invalid pixels need their own window, hence their own energy map.
         energy = energy.copy()
+        own = masked if len(conj_ref) > 1 else slice(None)
         energy[masked] = _local_energy(
             sfft.rfftn(weight[masked], axes=axes, workers=1),
             weight_sum[masked].reshape(expand),
-            plan.conj_ref,
-            plan.conj_ref_sq,
+            conj_ref[own],
+            conj_ref_sq[own],
             plan.shape,
             tuple(h + _STENCIL for h in half),
         )

@@ -12,16 +12,18 @@ frames, so the blocks' own edges do not bias them.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import XregError
-from .correlation import ReferencePlan, estimate_shifts, prepare_reference
+from .correlation import ReferencePlan, estimate_shifts, prepare_reference, stack_plans
 from .shift import MODES, _working_dtype
+
+# Frames whose blocks go through one batched estimate: enough items to keep both
+# cores busy, few enough that the crops stay small (16 x 49 blocks of 128^2: 51 MB).
+_FRAMES_PER_PASS = 16
 
 __all__ = [
     "BlockGrid",
@@ -86,11 +88,12 @@ def block_grid(shape, block_size, overlap: float = 0.5) -> BlockGrid:
 
 @dataclass(frozen=True)
 class PiecewisePlan:
-    """The rigid plan, the block grid and one plan per block (flattened grid order)."""
+    """The rigid plan, the block grid and the stacked plans of the blocks with contrast."""
 
     rigid: ReferencePlan
     grid: BlockGrid
-    blocks: tuple[ReferencePlan | None, ...]  # None: a block with no contrast
+    blocks: ReferencePlan | None  # stacked (see stack_plans); None if no block has contrast
+    block_ids: tuple[int, ...]  # flat grid index of each stacked block
 
 
 def _block_slices(grid: BlockGrid, index: tuple[int, ...], offset=None):
@@ -131,15 +134,15 @@ def prepare_piecewise(
     grid = block_grid(reference.shape, block_size, overlap)
     if block_max_shift is None:
         block_max_shift = tuple(max(3, b // 10) for b in grid.block_size)
-    plans = []
-    for index in np.ndindex(*grid.grid_shape):
+    plans, ids = [], []
+    for flat_id, index in enumerate(np.ndindex(*grid.grid_shape)):
         block = reference[_block_slices(grid, index)]
         # A block with no contrast (flat background) cannot be matched: rigid fallback.
-        plans.append(
-            prepare_reference(block, max_shift=block_max_shift) if block.std() > 0 else None
-        )
+        if block.std() > 0:
+            plans.append(prepare_reference(block, max_shift=block_max_shift))
+            ids.append(flat_id)
     rigid = prepare_reference(reference, max_shift=max_shift)
-    return PiecewisePlan(rigid, grid, tuple(plans))
+    return PiecewisePlan(rigid, grid, stack_plans(plans) if plans else None, tuple(ids))
 
 
 def estimate_piecewise(
@@ -162,7 +165,7 @@ def estimate_piecewise(
         A block whose normalised correlation peak is below this takes the rigid
         displacement instead (low signal, nothing to match).
     workers : int, optional
-        Threads over blocks; default all cores.
+        Threads; default all cores.
 
     Returns
     -------
@@ -179,32 +182,32 @@ def estimate_piecewise(
     # Cut each block at the frame's whole-pixel rigid position; pad so it always fits.
     pad = int(np.abs(whole).max()) if len(whole) else 0
     padded = np.pad(frames, [(0, 0)] + [(pad, pad)] * ndim, mode="edge") if pad else frames
-    out = np.zeros((len(frames),) + plan.grid.grid_shape + (ndim + 1,))
-
-    def run(flat_index):
-        index = np.unravel_index(flat_index, plan.grid.grid_shape)
-        block_plan = plan.blocks[flat_index]
-        if block_plan is None:
-            return
-        crops = np.stack(
-            [
-                padded[(t,) + _block_slices(plan.grid, index, whole[t] + pad)]
-                for t in range(len(frames))
-            ]
-        )
-        result = estimate_shifts(crops, block_plan, upsample_factor=upsample_factor, workers=1)
-        out[(slice(None),) + tuple(index)] = np.concatenate(
-            [result[:, :ndim] + whole, result[:, ndim:]], axis=1
-        )
-
     count = int(np.prod(plan.grid.grid_shape))
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    if workers == 1:
-        for flat_index in range(count):
-            run(flat_index)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, range(count)))
+    out = np.zeros((len(frames), count, ndim + 1))
+    if plan.blocks is not None:
+        ids = np.asarray(plan.block_ids)
+        indices = [np.unravel_index(i, plan.grid.grid_shape) for i in ids]
+        # All blocks of a few frames in one batched estimate, each against its own block.
+        step = max(1, _FRAMES_PER_PASS)
+        for first in range(0, len(frames), step):
+            chunk = range(first, min(first + step, len(frames)))
+            crops = np.stack(
+                [
+                    padded[(t,) + _block_slices(plan.grid, index, whole[t] + pad)]
+                    for t in chunk
+                    for index in indices
+                ]
+            )
+            result = estimate_shifts(
+                crops,
+                plan.blocks,
+                upsample_factor=upsample_factor,
+                workers=workers,
+                plan_index=np.tile(np.arange(len(ids)), len(chunk)),
+            ).reshape(len(chunk), len(ids), ndim + 1)
+            result[..., :ndim] += whole[first : chunk.stop, None, :]
+            out[first : chunk.stop, ids] = result
+    out = out.reshape((len(frames),) + plan.grid.grid_shape + (ndim + 1,))
     weak = out[..., ndim] < min_quality
     rigid_expanded = np.broadcast_to(
         rigid[:, None, :ndim].reshape((len(frames),) + (1,) * ndim + (ndim,)), out[..., :ndim].shape

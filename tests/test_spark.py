@@ -105,3 +105,17 @@ def test_retried_task_gives_the_same_answer(spark_context, tmp_path):
     retried = xspark.estimate(flaky, IMAGE)
     assert Path(marker).exists()  # the failure did happen
     xr.testing.assert_identical(retried, clean)
+
+
+def test_importing_xreg_does_not_import_pyspark_and_missing_pyspark_says_how_to_fix():
+    import subprocess
+    import sys
+
+    check = "import sys, xreg; assert 'pyspark' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", check]).returncode == 0
+    without = (
+        "import sys; sys.modules['pyspark'] = None\n"
+        "try:\n    import xreg.spark\nexcept ImportError as e:\n    print(e)"
+    )
+    result = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True)
+    assert "pip install xreg[spark]" in result.stdout

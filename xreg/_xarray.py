@@ -197,8 +197,7 @@ def estimate(
         )
     shifts, quality = values[:, :ndim], values[:, ndim]
     bad = core.flag_bad_frames(quality, bad_frame_threshold)
-    attrs.update(estimate_attrs(rigid_plan, upsample_factor, whole_frame))
-    attrs["bad_frame_threshold"] = float(bad_frame_threshold)
+    attrs.update(estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold))
     if smooth:
         shifts = core.rolling_median(shifts, int(smooth), bad)
         attrs["smooth"] = int(smooth)
@@ -265,7 +264,7 @@ def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False):
     return core.prepare_reference(reference, max_shift=max_shift)
 
 
-def estimate_attrs(plan, upsample_factor, whole_frame) -> dict:
+def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold) -> dict:
     """The attrs every displacement array carries: units, method and its settings."""
     return {
         "units": "pixel",
@@ -273,6 +272,7 @@ def estimate_attrs(plan, upsample_factor, whole_frame) -> dict:
         "method": "rigid, whole frame" if whole_frame else "rigid",
         "upsample_factor": int(upsample_factor),
         "max_shift": list(plan.max_shift),
+        "bad_frame_threshold": float(bad_frame_threshold),
     }
 
 
@@ -280,12 +280,15 @@ def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -
     """Wrap (n, ndim) shifts and (n,) quality in the documented displacement layout.
 
     ``labels`` are the coordinates along ``dim`` to carry over (a mapping); ``bad``
-    flags frames (default: quality outliers, see :func:`xreg.core.flag_bad_frames`).
+    flags frames (default: quality outliers at ``attrs["bad_frame_threshold"]``, or
+    the default threshold; see :func:`xreg.core.flag_bad_frames`).
     """
     coords = dict(labels)
     coords[AXIS] = [str(d) for d in spatial]
     coords[QUALITY] = (dim, np.asarray(quality, dtype=np.float64))
-    coords[BAD_FRAME] = (dim, core.flag_bad_frames(quality) if bad is None else np.asarray(bad))
+    if bad is None:
+        bad = core.flag_bad_frames(quality, attrs.get("bad_frame_threshold", 6.0))
+    coords[BAD_FRAME] = (dim, np.asarray(bad))
     return xr.DataArray(
         np.asarray(shifts, dtype=np.float64),
         dims=(dim, AXIS),

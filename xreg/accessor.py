@@ -164,7 +164,7 @@ class RegAccessor:
         >>> import xreg
         >>> movie, truth = xreg.datasets.add_motion(xreg.datasets.mouse(n_frames=20), seed=0)
         >>> shifts = movie.reg.estimate(xreg.datasets.mouse(n_frames=1).isel(time=0))
-        >>> shifts.dims, list(shifts.axis.values)
+        >>> shifts.dims, shifts.axis.values.tolist()
         (('time', 'axis'), ['y', 'x'])
         """
         return _xarray.estimate(

@@ -200,6 +200,7 @@ def estimate(
     whole_frame: bool = False,
     axis: int | None = None,
     time=None,
+    bad_frame_threshold: float = 6.0,
 ) -> xr.DataArray:
     """Displacements of an RDD's frames, computed on the executors.
 
@@ -220,6 +221,8 @@ def estimate(
         Register each plane along this axis of volume frames on its own.
     time : array-like, optional
         Values for the ``time`` coordinate (default: the frame index).
+    bad_frame_threshold : float, default 6.0
+        As in :meth:`~xreg.accessor.RegAccessor.estimate`.
 
     Returns
     -------
@@ -267,7 +270,9 @@ def estimate(
     n = len(table)
     labels = {"time": np.arange(n) if time is None else np.asarray(time)}
     spatial = ("y", "x") if planes[0].ndim == 2 else ("z", "y", "x")
-    attrs = _xarray.estimate_attrs(plans.value[0], upsample_factor, whole_frame)
+    attrs = _xarray.estimate_attrs(
+        plans.value[0], upsample_factor, whole_frame, bad_frame_threshold
+    )
     plans.unpersist()
     if axis is None:
         return _xarray.displacement_array(

@@ -129,11 +129,23 @@ plt.close()
 fixed = moved.reg.apply(shifts)
 assert fixed.dims == moved.dims and fixed.dtype == moved.dtype
 
-own = moved.reg.estimate()  # reference=None: built from the movie
-residual = own - truth
-residual = residual - residual.median("time")
-report["self_reference_rms_px"] = float(np.sqrt((residual**2).mean()))
-print("no reference given: RMS error after removing the offset", report["self_reference_rms_px"])
+
+def rms_up_to_offset(estimate):
+    residual = estimate - truth
+    return float(np.sqrt(((residual - residual.median("time")) ** 2).mean()))
+
+
+# The drift here is in whole pixels, so whole-pixel estimates can be exact; subpixel ones
+# scatter a little on these small, noisy frames, even against the true reference.
+own = moved.reg.estimate(upsample_factor=1)  # reference=None: built from the movie
+report["self_reference_rms_px"] = rms_up_to_offset(own)
+report["self_reference_subpixel_rms_px"] = rms_up_to_offset(moved.reg.estimate())
+report["true_reference_subpixel_rms_px"] = rms_up_to_offset(moved.reg.estimate(reference))
+print(
+    f"no reference given: RMS error {report['self_reference_rms_px']:.3f} px in whole pixels, "
+    f"{report['self_reference_subpixel_rms_px']:.3f} px subpixel "
+    f"({report['true_reference_subpixel_rms_px']:.3f} px with the true reference)"
+)
 
 with open("walkthrough.json", "w") as file:
     json.dump(report, file, indent=2)

@@ -66,5 +66,10 @@ def test_walkthrough_runs_and_tells_the_truth(tmp_path):
     assert report["error_vs_mean_reference_px"] > 0  # biased with the blurred mean
     assert report["sharpness_mean_after"] > 1.5 * report["sharpness_mean_before"]
     assert report["sharpness_mean_after"] > 0.9 * report["sharpness_mean_unmoved"]
+    # Without a reference: exact in whole pixels, and subpixel close to the true reference.
+    assert report["self_reference_rms_px"] < 0.1
+    assert (
+        report["self_reference_subpixel_rms_px"] < 1.25 * report["true_reference_subpixel_rms_px"]
+    )
     for name in ["drift.png", "estimates.png", "before_after.png", "accessor_shifts.png"]:
         assert (tmp_path / name).stat().st_size > 5000

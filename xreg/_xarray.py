@@ -385,10 +385,7 @@ def apply(
         raise XregError(
             f"`bad_frames` must be one of {', '.join(BAD_FRAME_CHOICES)}; got {bad_frames!r}."
         )
-    if mode not in core.MODES:
-        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(core.MODES)}.")
-    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
-        raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
+    core.check_interpolation(order, mode)
     piecewise = isinstance(shifts, xr.DataArray) and any(
         str(d).startswith("block_") for d in shifts.dims
     )

@@ -15,6 +15,7 @@ import xarray as xr
 from scipy import ndimage
 
 from ._xarray import displacement_array, frame_dims, time_coords
+from .core import round_to_dtype
 from .errors import XregError
 
 __all__ = ["add_motion", "add_nonrigid_motion", "large", "mouse"]
@@ -297,10 +298,7 @@ def add_nonrigid_motion(
         warped = ndimage.map_coordinates(
             frame.astype(float), pixels - field, order=3, mode="nearest"
         )
-        if frames.dtype.kind in "iu":
-            info = np.iinfo(frames.dtype)
-            warped = np.clip(np.rint(warped), info.min, info.max)
-        moved[t] = warped
+        moved[t] = round_to_dtype(warped, frames.dtype)
         fields[t] = field
     moved_da = movie.transpose(dim, *spatial).copy(data=moved).transpose(*movie.dims)
     field_da = xr.DataArray(

@@ -320,8 +320,7 @@ def apply(
     pyspark.RDD
         Records with the same keys and registered frames of the same dtype.
     """
-    if mode not in core.MODES:
-        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(core.MODES)}.")
+    core.check_interpolation(order, mode)
     if isinstance(shifts, xr.DataArray):
         shifts = shifts.values
     table = rdd.context.broadcast(np.asarray(shifts, dtype=np.float64))

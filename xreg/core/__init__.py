@@ -15,13 +15,14 @@ from .piecewise import (
 )
 from .reference import build_reference, sample_indices
 from .series import fill_from_neighbours, flag_bad_frames, rolling_median
-from .shift import MODES, shift_frames
+from .shift import MODES, check_interpolation, round_to_dtype, shift_frames
 
 __all__ = [
     "MODES",
     "BlockGrid",
     "PiecewisePlan",
     "block_grid",
+    "check_interpolation",
     "displacement_field",
     "estimate_piecewise",
     "prepare_piecewise",
@@ -34,6 +35,7 @@ __all__ = [
     "flag_bad_frames",
     "prepare_reference",
     "rolling_median",
+    "round_to_dtype",
     "sample_indices",
     "shift_frames",
 ]

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from ..errors import XregError
 from .correlation import ReferencePlan, estimate_shifts, prepare_reference, stack_plans
-from .shift import MODES, _working_dtype
+from .shift import SCIPY_MODES, _working_dtype, check_interpolation, round_to_dtype
 
 # Frames whose blocks go through one batched estimate: enough items to keep both
 # cores busy, few enough that the crops stay small (16 x 49 blocks of 128^2: 51 MB).
@@ -283,13 +283,12 @@ def warp_frames(
     numpy.ndarray
         Same shape and dtype as ``frames`` (integers rounded and clipped).
     """
-    if mode not in MODES:
-        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    check_interpolation(order, mode)
     frames = np.asarray(frames)
     field = displacement_field(block_shifts, grid)
     work = _working_dtype(frames.dtype)
     base = np.indices(grid.shape, dtype=np.float32)
-    spline_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
+    spline_mode = SCIPY_MODES.get(mode, mode)
     out = np.empty(frames.shape, frames.dtype)
     for i, frame in enumerate(frames):
         moved = ndimage.map_coordinates(
@@ -300,8 +299,5 @@ def warp_frames(
             cval=cval,
             prefilter=order > 1,
         )
-        if frames.dtype.kind in "iu":
-            info = np.iinfo(frames.dtype)
-            moved = np.clip(np.rint(moved), info.min, info.max)
-        out[i] = moved
+        out[i] = round_to_dtype(moved, frames.dtype)
     return out

@@ -14,11 +14,29 @@ from scipy import ndimage
 
 from ..errors import XregError
 
-__all__ = ["MODES", "shift_frames"]
+__all__ = ["MODES", "check_interpolation", "round_to_dtype", "shift_frames"]
 
-# Boundary modes, named as in scipy.ndimage.  "constant" fills with ``cval``
-# (scipy's "grid-constant": the frame is not extended by interpolation first).
+# Boundary modes, named as in scipy.ndimage.  "constant" fills with ``cval`` and
+# "wrap" is periodic: scipy's "grid-constant" and "grid-wrap" (the frame is not
+# extended by interpolation first).
 MODES = ("nearest", "constant", "reflect", "mirror", "wrap")
+SCIPY_MODES = {"constant": "grid-constant", "wrap": "grid-wrap"}
+
+
+def check_interpolation(order, mode: str) -> None:
+    """Raise :class:`XregError` unless ``order`` is 0..5 and ``mode`` one of MODES."""
+    if mode not in MODES:
+        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
+        raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
+
+
+def round_to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values ready to store as ``dtype``: integers rounded and clipped, never wrapped."""
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max)
+    return values
 
 
 def _source_index(index: np.ndarray, size: int, mode: str) -> np.ndarray:
@@ -114,10 +132,7 @@ def shift_frames(
             f"Expected one shift per frame and axis, shape {(frames.shape[0], frames.ndim - 1)}; "
             f"got {shifts.shape}."
         )
-    if mode not in MODES:
-        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
-        raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
+    check_interpolation(order, mode)
     work = _working_dtype(frames.dtype)
     out = np.empty(frames.shape, dtype=frames.dtype)
     for i, (frame, shift) in enumerate(zip(frames, shifts, strict=True)):
@@ -127,16 +142,7 @@ def shift_frames(
         elif order <= 1 or np.all(shift == np.round(shift)):
             moved = _shift_separable(frame, shift, order, mode, cval)
         else:
-            # scipy's grid-* modes treat the frame as samples of a periodic or
-            # zero-extended signal, which is what "wrap" and "constant" mean here.
-            spline_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
+            spline_mode = SCIPY_MODES.get(mode, mode)
             moved = ndimage.shift(frame, -shift, order=order, mode=spline_mode, cval=cval)
-        out[i] = _to_dtype(moved, frames.dtype)
+        out[i] = round_to_dtype(moved, frames.dtype)
     return out
-
-
-def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max)
-    return values

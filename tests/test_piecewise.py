@@ -120,3 +120,23 @@ def test_bad_input():
         movie.reg.apply(shifts.drop_attrs())
     with pytest.raises(XregError, match="piecewise"):
         movie.reg.estimate(image).reg.field()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "constant", "reflect", "mirror", "wrap"])
+@pytest.mark.parametrize("shape", [(40, 36), (12, 14, 10)])
+def test_linear_warp_matches_scipy(mode, shape):
+    from xreg.core import block_grid, displacement_field, warp_frames
+
+    rng = np.random.default_rng(1)
+    frames = rng.standard_normal((2,) + shape).astype(np.float32)
+    grid = block_grid(shape, 8, 0.5)
+    blocks = rng.uniform(-4, 4, (2,) + grid.grid_shape + (len(shape),))
+    field = displacement_field(blocks, grid)
+    scipy_mode = {"constant": "grid-constant", "wrap": "grid-wrap"}.get(mode, mode)
+    expected = [
+        ndimage.map_coordinates(f, np.indices(shape, dtype=np.float32) + d, order=1,
+                                mode=scipy_mode, cval=0.5)
+        for f, d in zip(frames, field, strict=True)
+    ]
+    out = warp_frames(frames, blocks, grid, order=1, mode=mode, cval=0.5)
+    np.testing.assert_allclose(out, expected, atol=1e-5)

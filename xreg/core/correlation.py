@@ -124,16 +124,20 @@ def stack_plans(plans) -> ReferencePlan:
     Returns
     -------
     ReferencePlan
-        Its arrays carry a leading axis, one entry per plan.
+        Its arrays carry a leading axis, one entry per plan (the window: one entry
+        when all plans share it).
     """
     first = plans[0]
     if any(p.shape != first.shape or p.max_shift != first.max_shift for p in plans):
         raise XregError("Stacked references must share their shape and search range.")
+    # Blocks of one shape share their window: keep one copy, not one per block.
+    shared = all(np.array_equal(p.weight, first.weight) for p in plans)
+    kept = plans[:1] if shared else plans
     return ReferencePlan(
         shape=first.shape,
         max_shift=first.max_shift,
-        weight=np.stack([p.weight for p in plans]),
-        weight_sum=np.array([p.weight_sum for p in plans]),
+        weight=np.stack([p.weight for p in kept]),
+        weight_sum=np.array([p.weight_sum for p in kept]),
         conj_ref=np.stack([p.conj_ref for p in plans]),
         conj_ref_sq=np.stack([p.conj_ref_sq for p in plans]),
         local_energy=np.stack([p.local_energy for p in plans]),
@@ -366,7 +370,12 @@ def _estimate_batch(frames, plan, upsample_factor, index=None):
     frames = frames.astype(np.float32, copy=False)
     # The plan's arrays per item: one reference for all (a leading axis of 1), or,
     # for a stacked plan, the reference of each item (``index``).
-    pick = (lambda a: np.asarray(a)[None]) if index is None else (lambda a: np.asarray(a)[index])
+    def pick(array):
+        array = np.asarray(array)
+        if index is None:
+            return array[None]
+        return array if len(array) == 1 else array[index]  # shared by all items, or not
+
     weight, conj_ref, conj_ref_sq = pick(plan.weight), pick(plan.conj_ref), pick(plan.conj_ref_sq)
     weight_sum = np.broadcast_to(pick(plan.weight_sum), len(frames)).astype(np.float64)
     # A NaN or inf anywhere makes the frame's sum non-finite: the cheap test.

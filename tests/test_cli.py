@@ -102,6 +102,7 @@ def test_a_run_with_other_settings_is_not_resumed(tmp_path, capsys):
         (["register", "{store}", "{out}", "--reference", "first:x"], "first:10"),
         (["register", "{store}", "{out}", "--reference", "nofile.npy"], "not a file"),
         (["estimate", "{store}", "{out_txt}"], ".zarr, .nc or .csv"),
+        (["register", "{frames}", "{out}"], "must be called 'time'"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -113,11 +114,13 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
         "text": tmp_path / "notes.txt",
         "badtif": tmp_path / "broken.tif",
         "flat": tmp_path / "flat.tif",
+        "frames": tmp_path / "frames.zarr",
     }
     make_store(paths["store"], n_frames=20)
     paths["text"].write_text("hello")
     paths["badtif"].write_bytes(b"II*\x00garbage")
     tifffile.imwrite(paths["flat"], np.zeros((16, 16), np.uint16))
+    io.to_zarr(xr.Dataset({"movie": (("frame", "y", "x"), np.zeros((3, 8, 8)))}), paths["frames"])
     before = sorted(p.name for p in (tmp_path / "in.zarr").rglob("*"))
     code = main([a.format(**paths) for a in args] + ["--quiet"])
     err = capsys.readouterr().err

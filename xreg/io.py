@@ -115,11 +115,17 @@ def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None)
         )
     else:
         raise XregError(f"{path}: expected a Zarr store (directory) or a TIFF file (.tif).")
+    if "time" not in movie.dims:
+        raise XregError(
+            f"{path}: the movie has dims {movie.dims}; its frame dim must be called 'time'. "
+            "Rename it in the store, or register from Python with `dim=...`."
+        )
     spatial = [d for d in movie.dims if d != "time"]
     if chunk_frames:
         movie = movie.chunk({"time": int(chunk_frames), **{d: -1 for d in spatial}})
     elif movie.chunks is not None and any(len(movie.chunksizes[d]) > 1 for d in spatial):
         movie = movie.chunk({d: -1 for d in spatial})
+    _xarray.frame_dims(movie)  # 2-D or 3-D frames of numbers, or a clear error
     return movie
 
 

@@ -368,6 +368,7 @@ def _estimate_batch(frames, plan, upsample_factor, index=None):
     axes = tuple(range(1, ndim + 1))
     expand = (-1,) + (1,) * ndim
     frames = frames.astype(np.float32, copy=False)
+
     # The plan's arrays per item: one reference for all (a leading axis of 1), or,
     # for a stacked plan, the reference of each item (``index``).
     def pick(array):

@@ -11,7 +11,6 @@ frames, so the blocks' own edges do not bias them.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -20,13 +19,7 @@ from scipy import ndimage
 
 from ..errors import XregError
 from .correlation import ReferencePlan, estimate_shifts, prepare_reference, stack_plans
-from .shift import (
-    SCIPY_MODES,
-    _source_index,
-    _working_dtype,
-    check_interpolation,
-    round_to_dtype,
-)
+from .shift import SCIPY_MODES, _working_dtype, check_interpolation, round_to_dtype
 
 # Frames whose blocks go through one batched estimate: enough items to keep both
 # cores busy, few enough that the crops stay small (16 x 49 blocks of 128^2: 51 MB).
@@ -255,43 +248,11 @@ def displacement_field(block_shifts: np.ndarray, grid: BlockGrid) -> np.ndarray:
     numpy.ndarray
         float32 ``(n, ndim, *frame_shape)``.
     """
-    values = np.moveaxis(np.asarray(block_shifts, dtype=np.float64), -1, 1)  # (n, ndim, *grid)
+    values = np.moveaxis(np.asarray(block_shifts, dtype=np.float32), -1, 1)  # (n, ndim, *grid)
     for axis, (centres, size) in enumerate(zip(grid.centres, grid.shape, strict=True)):
-        matrix = _interpolation_matrix(centres, size)
+        matrix = _interpolation_matrix(centres, size).astype(np.float32)
         values = np.moveaxis(np.tensordot(values, matrix, axes=([axis + 2], [1])), -1, axis + 2)
-    return values.astype(np.float32)
-
-
-def _sample_linear(frame: np.ndarray, coords: np.ndarray, mode: str, cval: float) -> np.ndarray:
-    """``frame`` at the points ``coords`` (ndim, *shape), multilinear interpolation.
-
-    The same values as ``scipy.ndimage.map_coordinates(order=1)`` in about half the
-    time: flat gathers of the 2**ndim neighbours, blended.
-    """
-    strides = np.cumprod((1,) + frame.shape[:0:-1])[::-1]
-    corners = []  # per axis: [(flat offset, weight, outside), for the lower and upper]
-    for axis, size in enumerate(frame.shape):
-        lower = np.floor(coords[axis])
-        fraction = coords[axis] - lower
-        lower = lower.astype(np.intp)
-        options = []
-        for step, weight in ((0, 1 - fraction), (1, fraction)):
-            raw = lower + step
-            outside = ((raw < 0) | (raw >= size)) if mode == "constant" else None
-            options.append((_source_index(raw, size, mode) * strides[axis], weight, outside))
-        corners.append(options)
-    flat = frame.ravel()
-    out = np.zeros(coords.shape[1:], frame.dtype)
-    for choice in itertools.product(*corners):
-        index = sum(offset for offset, _, _ in choice)
-        values = flat.take(index)
-        if mode == "constant":
-            values = np.where(np.logical_or.reduce([o for _, _, o in choice]), cval, values)
-        weight = choice[0][1]
-        for _, more, _ in choice[1:]:
-            weight = weight * more
-        out += weight * values
-    return out
+    return np.ascontiguousarray(values)
 
 
 def warp_frames(
@@ -324,18 +285,15 @@ def warp_frames(
     """
     check_interpolation(order, mode)
     frames = np.asarray(frames)
-    field = displacement_field(block_shifts, grid)
+    block_shifts = np.asarray(block_shifts)
     work = _working_dtype(frames.dtype)
     base = np.indices(grid.shape, dtype=np.float32)
     spline_mode = SCIPY_MODES.get(mode, mode)
     out = np.empty(frames.shape, frames.dtype)
     for i, frame in enumerate(frames):
         frame = frame.astype(work, copy=False)
-        if order == 1:
-            moved = _sample_linear(frame, base + field[i], mode, cval)
-        else:
-            moved = ndimage.map_coordinates(
-                frame, base + field[i], order=order, mode=spline_mode, cval=cval
-            )
+        # One frame's field at a time: a chunk's worth would be 8 bytes a pixel more.
+        coords = base + displacement_field(block_shifts[i : i + 1], grid)[0]
+        moved = ndimage.map_coordinates(frame, coords, order=order, mode=spline_mode, cval=cval)
         out[i] = round_to_dtype(moved, frames.dtype)
     return out

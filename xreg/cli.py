@@ -147,9 +147,7 @@ def run_register(args) -> int:
 def run_estimate(args) -> int:
     from . import io
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise XregError(f"{output} exists; pass --overwrite to replace it.")
+    output = io.check_displacement_path(args.output, overwrite=args.overwrite)
     movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
     with _scheduler(args.workers):
         reference = io.open_reference(args.reference, movie)

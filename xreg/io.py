@@ -22,6 +22,7 @@ from . import _xarray
 from .errors import XregError
 
 __all__ = [
+    "check_displacement_path",
     "open_movie",
     "open_reference",
     "read_displacement",
@@ -185,17 +186,29 @@ def open_reference(spec: str, movie: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(np.squeeze(image), dims=spatial)
 
 
-def write_displacement(shifts: xr.DataArray, path, *, overwrite: bool = False) -> None:
-    """Save displacements as Zarr (``.zarr``), netCDF (``.nc``) or CSV (``.csv``).
+def check_displacement_path(path, *, overwrite: bool = False) -> Path:
+    """The path displacements will be written to, checked before any work is done.
 
-    The CSV has one row per frame: the time coordinate, one column per axis and
-    the quality.
+    Raises
+    ------
+    XregError
+        If it exists and ``overwrite`` is false, or its suffix is not .zarr, .nc, .csv.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise XregError(f"{path} exists; pass --overwrite to replace it.")
     if path.suffix not in (".zarr", ".nc", ".csv"):
         raise XregError(f"{path}: save displacements as .zarr, .nc or .csv.")
+    return path
+
+
+def write_displacement(shifts: xr.DataArray, path, *, overwrite: bool = False) -> None:
+    """Save displacements as Zarr (``.zarr``), netCDF (``.nc``) or CSV (``.csv``).
+
+    The CSV has one row per frame: the time coordinate, one column per axis and
+    the quality.
+    """
+    path = check_displacement_path(path, overwrite=overwrite)
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if path.suffix == ".csv":

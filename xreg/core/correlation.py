@@ -377,7 +377,7 @@ def _estimate_batch(frames, plan, upsample_factor, index=None):
             return array[None]
         return array if len(array) == 1 else array[index]  # shared by all items, or not
 
-    weight, conj_ref, conj_ref_sq = pick(plan.weight), pick(plan.conj_ref), pick(plan.conj_ref_sq)
+    weight, conj_ref = pick(plan.weight), pick(plan.conj_ref)
     weight_sum = np.broadcast_to(pick(plan.weight_sum), len(frames)).astype(np.float64)
     # A NaN or inf anywhere makes the frame's sum non-finite: the cheap test.
     masked = ~np.isfinite(frames.reshape(len(frames), -1).sum(axis=1))
@@ -409,12 +409,13 @@ def _estimate_batch(frames, plan, upsample_factor, index=None):
     if masked.any():
         # Frames with invalid pixels need their own window, hence their own energy map.
         energy = energy.copy()
+        # Only these frames need the squared reference's spectrum: gather it here.
         own = masked if len(conj_ref) > 1 else slice(None)
         energy[masked] = _local_energy(
             sfft.rfftn(weight[masked], axes=axes, workers=1),
             weight_sum[masked].reshape(expand),
             conj_ref[own],
-            conj_ref_sq[own],
+            pick(plan.conj_ref_sq)[own],
             plan.shape,
             tuple(h + _STENCIL for h in half),
         )

@@ -22,6 +22,25 @@ def test_subpixel_shift_of_a_photograph(dtype):
     assert np.all(result[:, 2] > 0.99)
 
 
+def test_subpixel_search_walks_to_the_peak_from_a_poor_first_guess(monkeypatch):
+    """The refinement grid moves until its best point is inside it, so a first guess
+    half a pixel off on the wrong side still ends at the true shift."""
+    from xreg.core import correlation
+
+    first_guess = correlation._parabolic_offsets
+
+    def wrong_side(score, peak_index):
+        return -np.sign(first_guess(score, peak_index)) * 0.5
+
+    truth = [(-2.4, 1.32), (3.7, -0.55)]
+    frames = fourier_moved(CAMERA, truth)
+    plan = prepare_reference(CAMERA)
+    monkeypatch.setattr(correlation, "_parabolic_offsets", wrong_side)
+    for upsample_factor in (10, 100):
+        result = estimate_shifts(frames, plan, upsample_factor=upsample_factor)
+        np.testing.assert_allclose(result[:, :2], truth, atol=0.05)
+
+
 def test_volume_subpixel():
     volume = blob_volume()
     frames = fourier_moved(volume, [(0, 0, 0), (-2.3, 1.7, 5.4)])

@@ -48,7 +48,9 @@ _TINY = 1e-12
 # Half-width of the stencil that interpolates the local energy between integer
 # shifts (2: quartic), and hence the extra pixels its window keeps each side.
 _STENCIL = 2
-# Each subpixel refinement stage is this many times finer than the one before.
+# Each subpixel refinement stage evaluates this many points each side of its centre
+# per axis, and is this many times finer than the one before.
+_REFINE_REACH = 2
 _REFINE_RATIO = 4
 
 
@@ -111,10 +113,16 @@ class ReferencePlan:
     def ndim(self) -> int:
         return len(self.shape)
 
+    @property
+    def stacked(self) -> int:
+        """How many references a plan from :func:`stack_plans` holds; 0 for one reference."""
+        return self.conj_ref.shape[0] if self.conj_ref.ndim > self.ndim else 0
+
 
 def stack_plans(plans) -> ReferencePlan:
-    """Several references of one shape as one plan, for :func:`estimate_shifts`'s
-    ``plan_index``: one batched pass compares each item with its own reference.
+    """Several references of one shape as one plan: :func:`estimate_shifts` then takes
+    frames of shape ``(n, len(plans), *shape)`` and compares item ``p`` of every frame
+    with reference ``p``, in one batched pass.
 
     Parameters
     ----------
@@ -160,8 +168,15 @@ def _correlate_window(spectrum, shape, half_widths, workers=1):
     out = spectrum
     idx = _window_indices(shape, half_widths)
     for axis, index in zip(lead[:-1], idx[:-1], strict=True):
-        out = sfft.ifft(out, axis=axis, workers=workers, overwrite_x=out is not spectrum)
-        out = np.take(out, index, axis=axis)
+        size = spectrum.shape[axis]
+        if len(index) < 4 * math.log2(size):
+            # Few shifts (block searches): a matrix DFT is cheaper than the whole FFT.
+            matrix = np.exp(2j * np.pi * np.outer(index, np.arange(size)) / size) / size
+            out = matrix.astype(np.complex64) @ np.moveaxis(out, axis, -2)
+            out = np.moveaxis(out, -2, axis)
+        else:
+            out = sfft.ifft(out, axis=axis, workers=workers, overwrite_x=out is not spectrum)
+            out = np.take(out, index, axis=axis)
     out = sfft.irfft(out, n=shape[-1], axis=-1, workers=workers)
     return np.take(out, idx[-1], axis=-1)
 
@@ -299,32 +314,31 @@ def estimate_shifts(
     *,
     upsample_factor: int = 10,
     workers: int | None = None,
-    plan_index: np.ndarray | None = None,
 ) -> np.ndarray:
     """Displacement and quality of each frame relative to the planned reference.
 
     Parameters
     ----------
     frames : numpy.ndarray
-        Shape ``(n, *plan.shape)``, any real numeric dtype.  Pixels that are NaN
-        are left out of the comparison (the frame's window is zero there).
+        Shape ``(n, *plan.shape)``, any real numeric dtype; with a plan from
+        :func:`stack_plans` of ``p`` references, ``(n, p, *plan.shape)``: item ``i``
+        of each frame is compared with reference ``i``.  Pixels that are NaN are
+        left out of the comparison (the frame's window is zero there).
     plan : ReferencePlan
-        From :func:`prepare_reference`.
+        From :func:`prepare_reference` or :func:`stack_plans`.
     upsample_factor : int, default 10
         Precision of the result is ``1 / upsample_factor`` pixel; ``1`` gives
         integer shifts.
     workers : int, optional
         Threads over batches of frames; default: all cores.
-    plan_index : numpy.ndarray, optional
-        With a plan from :func:`stack_plans`: which of its references each frame
-        is compared with (one index per frame).
 
     Returns
     -------
     numpy.ndarray
-        float64 array of shape ``(n, ndim + 1)``: the displacement per axis, then
-        the quality (the normalised correlation at the peak, 0..1).  Constant or
-        empty frames get displacement 0 and quality 0.
+        float64 array of shape ``(n, ndim + 1)`` (``(n, p, ndim + 1)`` for a stacked
+        plan): the displacement per axis, then the quality (the normalised
+        correlation at the peak, 0..1).  Constant or empty frames get displacement
+        0 and quality 0.
 
     Notes
     -----
@@ -338,49 +352,64 @@ def estimate_shifts(
        :doi:`10.1364/OL.33.000156`.
     """
     frames = np.asarray(frames)
-    if frames.shape[1:] != plan.shape:
+    item_shape = ((plan.stacked,) if plan.stacked else ()) + plan.shape
+    if frames.shape[1:] != item_shape:
         raise XregError(
-            f"Frames of shape {frames.shape[1:]} do not match the reference's {plan.shape}."
+            f"Frames of shape {frames.shape[1:]} do not match the reference's {item_shape}."
         )
     upsample_factor = int(upsample_factor)
     if upsample_factor < 1:
         raise XregError(f"`upsample_factor` must be an integer >= 1; got {upsample_factor}.")
-    out = np.zeros((frames.shape[0], plan.ndim + 1))
-    batches = _batches(frames.shape[0], int(np.prod(plan.shape)))
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    items = frames if plan.stacked else frames[:, None]
+    out = np.zeros(items.shape[:2] + (plan.ndim + 1,))
+    batches = _batches(len(items), int(np.prod(items.shape[1:])))
 
     def run(batch):
-        index = None if plan_index is None else np.asarray(plan_index)[batch]
-        out[batch] = _estimate_batch(frames[batch], plan, upsample_factor, index)
+        out[batch] = _estimate_batch(items[batch], plan, upsample_factor)
 
-    if workers == 1 or len(batches) == 1:
-        for batch in batches:
-            run(batch)
-    else:
-        # Our threads already use every core; BLAS threads on top only contend.
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            list(pool.map(run, batches))
-    return out
+    map_threads(run, batches, workers)
+    return out if plan.stacked else out[:, 0]
 
 
-def _estimate_batch(frames, plan, upsample_factor, index=None):
+def map_threads(function, items, workers: int | None = None) -> None:
+    """Call ``function`` on each item, on ``workers`` threads (default: all cores).
+
+    Parameters
+    ----------
+    function : callable
+        Called for its effect; what it returns is dropped.
+    items : sequence
+    workers : int, optional
+    """
+    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    if workers == 1 or len(items) <= 1:
+        for item in items:
+            function(item)
+        return
+    # Our threads already use every core; BLAS threads on top only contend.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(function, items))
+
+
+def _estimate_batch(frames, plan, upsample_factor):
+    """``frames`` is (m, p, *shape): p items per frame, item i against reference i
+    (p = 1 for a plan of one reference).  Returns (m, p, ndim + 1)."""
     ndim = plan.ndim
-    axes = tuple(range(1, ndim + 1))
+    m, count = frames.shape[:2]
+    axes = tuple(range(2, ndim + 2))
     expand = (-1,) + (1,) * ndim
-    frames = frames.astype(np.float32, copy=False)
 
-    # The plan's arrays per item: one reference for all (a leading axis of 1), or,
-    # for a stacked plan, the reference of each item (``index``).
-    def pick(array):
+    # The plan's arrays with a leading axis over references (of length 1 when shared).
+    def per_reference(array):
         array = np.asarray(array)
-        if index is None:
-            return array[None]
-        return array if len(array) == 1 else array[index]  # shared by all items, or not
+        return array if plan.stacked else array[None]
 
-    weight, conj_ref = pick(plan.weight), pick(plan.conj_ref)
-    weight_sum = np.broadcast_to(pick(plan.weight_sum), len(frames)).astype(np.float64)
-    # A NaN or inf anywhere makes the frame's sum non-finite: the cheap test.
-    masked = ~np.isfinite(frames.reshape(len(frames), -1).sum(axis=1))
+    conj_ref = per_reference(plan.conj_ref)
+    weight = per_reference(plan.weight)[None]
+    weight_sum = np.broadcast_to(per_reference(plan.weight_sum), (m, count)).astype(np.float64)
+    frames = frames.astype(np.float32, copy=False)
+    # A NaN or inf anywhere makes the item's sum non-finite: the cheap test.
+    masked = ~np.isfinite(frames.reshape(m, count, -1).sum(axis=2))
     if masked.any():
         finite = np.isfinite(frames)
         weight = np.where(finite, weight, np.float32(0))
@@ -389,53 +418,61 @@ def _estimate_batch(frames, plan, upsample_factor, index=None):
     # centred = w * (f - mean_w(f)); its energy sum w (f - mean)^2 = sum centred * f.
     # Frame by frame and in place: whole-batch temporaries cost more than the FFT.
     centred = np.empty(frames.shape, np.float32)
-    mean = np.empty(len(frames))
-    frame_energy = np.empty(len(frames))
+    mean = np.empty((m, count))
+    frame_energy = np.empty((m, count))
     for i, frame in enumerate(frames):
-        frame_weight = weight[i if len(weight) > 1 else 0]
-        np.multiply(frame, frame_weight, out=centred[i])
-        mean[i] = centred[i].sum(dtype=np.float64) / max(weight_sum[i], _TINY)
-        np.subtract(frame, np.float32(mean[i]), out=centred[i])
-        centred[i] *= frame_weight
-        frame_energy[i] = np.vdot(centred[i], frame)
+        item_weight, out = weight[i if len(weight) > 1 else 0], centred[i]
+        np.multiply(frame, item_weight, out=out)
+        mean[i] = out.reshape(count, -1).sum(axis=1, dtype=np.float64)
+        mean[i] /= np.maximum(weight_sum[i], _TINY)
+        np.subtract(frame, mean[i].astype(np.float32).reshape(expand), out=out)
+        out *= item_weight
+        frame_energy[i] = np.einsum("ij,ij->i", out.reshape(count, -1), frame.reshape(count, -1))
 
     cross = sfft.rfftn(centred, axes=axes, workers=1)
     cross *= conj_ref
     half = plan.max_shift
     numerator = _correlate_window(cross, plan.shape, half)
 
-    local = pick(plan.local_energy)
-    energy = np.broadcast_to(local, (len(frames),) + local.shape[1:])
+    energy = per_reference(plan.local_energy)[None]
     if masked.any():
-        # Frames with invalid pixels need their own window, hence their own energy map.
-        energy = energy.copy()
-        # Only these frames need the squared reference's spectrum: gather it here.
-        own = masked if len(conj_ref) > 1 else slice(None)
+        # Items with invalid pixels need their own window, hence their own energy map.
+        energy = np.broadcast_to(energy, (m, count) + energy.shape[2:]).copy()
+        item = np.nonzero(masked)[1]
         energy[masked] = _local_energy(
-            sfft.rfftn(weight[masked], axes=axes, workers=1),
+            sfft.rfftn(weight[masked], axes=tuple(range(1, ndim + 1)), workers=1),
             weight_sum[masked].reshape(expand),
-            conj_ref[own],
-            pick(plan.conj_ref_sq)[own],
+            conj_ref[item % len(conj_ref)],
+            per_reference(plan.conj_ref_sq)[item % len(conj_ref)],
             plan.shape,
             tuple(h + _STENCIL for h in half),
         )
 
     # The energy window has _STENCIL extra pixels each side of the searched shifts.
-    inner = (slice(None),) + (slice(_STENCIL, -_STENCIL),) * ndim
+    inner = (Ellipsis,) + (slice(_STENCIL, -_STENCIL),) * ndim
     score = numerator / np.sqrt(np.maximum(energy[inner], _TINY))
+    score = score.reshape((m * count,) + score.shape[2:])
     peak_index, best = _argmax(score)
     peak = peak_index - np.asarray(half)
 
     shifts = peak.astype(np.float64)
     if upsample_factor > 1:
-        local_energy = np.stack(
-            [
-                energy[(i,) + tuple(slice(c, c + 2 * _STENCIL + 1) for c in index)]
-                for i, index in enumerate(peak_index)
-            ]
+        # Each item's energy around its peak: (items, 2 * _STENCIL + 1, ...).
+        rows = np.arange(m * count)
+        offsets = np.arange(2 * _STENCIL + 1)
+        where = [rows // count if len(energy) > 1 else 0, rows % count if count > 1 else 0]
+        where = [np.reshape(w, (-1,) + (1,) * ndim) for w in where]
+        for axis in range(ndim):
+            grid_shape = [1] * ndim
+            grid_shape[axis] = -1
+            where.append(peak_index[:, axis].reshape(expand) + offsets.reshape(grid_shape))
+        cross = cross.reshape((m * count,) + cross.shape[2:])
+        start = _parabolic_offsets(score, peak_index)
+        shifts, best = _refine(
+            cross, energy[tuple(where)], shifts, start, plan.shape, upsample_factor
         )
-        shifts, best = _refine(cross, local_energy, shifts, plan.shape, upsample_factor)
 
+    frame_energy, weight_sum, mean = frame_energy.ravel(), weight_sum.ravel(), mean.ravel()
     quality = best / np.sqrt(np.maximum(frame_energy, _TINY))
     # Constant frames: what is left after centring is float32 rounding of the mean.
     flat_frames = frame_energy <= 1e-10 * weight_sum * (mean**2 + _TINY)
@@ -444,7 +481,8 @@ def _estimate_batch(frames, plan, upsample_factor, index=None):
     # Wrap to the signed range, for searches that span the whole axis.
     size = np.asarray(plan.shape)
     shifts = (shifts + size / 2) % size - size / 2
-    return np.concatenate([shifts, np.clip(quality, 0.0, 1.0)[:, None]], axis=1)
+    result = np.concatenate([shifts, np.clip(quality, 0.0, 1.0)[:, None]], axis=1)
+    return result.reshape(m, count, ndim + 1)
 
 
 def _argmax(score):
@@ -469,11 +507,7 @@ def _lagrange_weights(t, half):
 
 
 def _contract(values, kernels):
-    """Contract axis ``a + 1`` of ``values`` (n, ...) with ``kernels[a]`` (n, size, U).
-
-    Axes are done last to first: for a half spectrum the last axis is the one
-    whose contraction shrinks the data most.
-    """
+    """Contract axis ``a + 1`` of ``values`` (n, ...) with ``kernels[a]`` (n, size, U)."""
     n = len(values)
     for axis in reversed(range(len(kernels))):
         moved = np.moveaxis(values, axis + 1, -1)
@@ -482,56 +516,91 @@ def _contract(values, kernels):
     return values
 
 
-def _dft_kernels(shape, half_length, origin, grid):
-    """Kernels of the inverse DFT of a half spectrum at ``origin + grid`` per axis.
+def _dft_at(spectrum, shape, origin, grid):
+    """Inverse DFT of each item's half spectrum at ``origin + grid`` per axis.
 
-    ``origin`` is (n, ndim) in pixels, ``grid`` the offsets shared by all frames.
-    The phase factorises, so only (n, size) + (size, U) exponentials are needed.
+    ``spectrum`` is (n, *half_spectrum), ``origin`` (n, ndim) in pixels, ``grid``
+    (U,) offsets shared by all items; returns the real part, (n, U, ..., U).  The
+    phase factorises into a ramp per item (n, size) and a kernel shared by all items
+    (size, U), so each axis costs one elementwise product and one matrix product
+    over all items together (not one small product per item).
     """
-    kernels = []
-    for axis, size in enumerate(shape):
+    n = len(spectrum)
+    values = spectrum
+    for axis in reversed(range(len(shape))):
+        size = shape[axis]
         if axis == len(shape) - 1:
-            freqs = np.arange(half_length)
+            freqs = np.arange(spectrum.shape[-1])
             # The half spectrum stands for its conjugate twin too (not at 0 and Nyquist).
             weights = np.where((freqs == 0) | (2 * freqs == size), 1.0, 2.0)
         else:
             freqs = sfft.fftfreq(size, 1 / size)
             weights = np.ones(size)
-        base = weights * np.exp(2j * np.pi * freqs * origin[:, axis, None] / size)
-        shared = np.exp(2j * np.pi * freqs[:, None] * grid / size)
-        kernels.append((base[:, :, None] * shared).astype(np.complex64))
-    return kernels
+        ramp = (weights * np.exp(2j * np.pi * freqs * origin[:, axis, None] / size)).astype(
+            np.complex64
+        )
+        shared = np.exp(2j * np.pi * freqs[:, None] * grid / size).astype(np.complex64)
+        moved = np.moveaxis(values, axis + 1, -1)
+        ramped = np.empty(moved.shape, np.complex64)
+        np.multiply(moved, ramp.reshape((n,) + (1,) * (moved.ndim - 2) + (-1,)), out=ramped)
+        product = ramped.reshape(-1, len(freqs)) @ shared
+        values = np.moveaxis(product.reshape(moved.shape[:-1] + (len(grid),)), -1, axis + 1)
+    return values.real / np.prod(shape)
 
 
-def _refine(cross, local_energy, peak, shape, upsample_factor):
+def _parabolic_offsets(score, peak_index):
+    """Per-axis vertex of the parabola through the score at the integer peak and its
+    two neighbours: a first subpixel guess, within half a pixel of the peak."""
+    n, ndim = peak_index.shape
+    items = np.arange(n)
+    middle = score[(items, *peak_index.T)]
+    offsets = np.zeros((n, ndim))
+    for axis in range(ndim):
+        size = score.shape[axis + 1]
+        lower, upper = peak_index.copy(), peak_index.copy()
+        lower[:, axis] = np.maximum(lower[:, axis] - 1, 0)
+        upper[:, axis] = np.minimum(upper[:, axis] + 1, size - 1)
+        before, after = score[(items, *lower.T)], score[(items, *upper.T)]
+        curvature = before - 2 * middle + after
+        inside = (peak_index[:, axis] > 0) & (peak_index[:, axis] < size - 1) & (curvature < 0)
+        vertex = 0.5 * (before - after) / np.where(inside, curvature, -1.0)
+        offsets[:, axis] = np.where(inside, np.clip(vertex, -0.5, 0.5), 0.0)
+    return offsets
+
+
+def _refine(cross, local_energy, peak, start, shape, upsample_factor):
     """Subpixel peak of the normalised correlation, to 1/upsample_factor pixel.
 
     The numerator is evaluated by a matrix-multiply DFT of the cross-power spectrum
-    on a small grid around the peak (Guizar-Sicairos et al. 2008).  The grid is
-    refined in stages, each _REFINE_RATIO times finer and spanning one step of the
-    one before, so that the points evaluated grow with log(upsample_factor), not
-    with upsample_factor; every point lies on the 1/upsample_factor lattice.  The
-    local energy is smooth, so it is interpolated between integer shifts from
-    ``local_energy`` (the (2 * _STENCIL + 1)**ndim neighbourhood of the peak) by
-    Lagrange weights.
+    on a small grid around the peak (Guizar-Sicairos et al. 2008): a grid of
+    (2 * _REFINE_REACH + 1) points per axis around ``start`` (a first guess, in
+    pixels from the integer ``peak``), at about 0.1 px spacing, then _REFINE_RATIO
+    times finer until it is 1/upsample_factor.  Where the best point of an item is
+    on the edge of its grid, the grid moves there and is evaluated again, so each
+    item ends at a local maximum on the 1/upsample_factor lattice (within a pixel
+    of the integer peak).  The local energy is smooth, so it is interpolated between
+    integer shifts from ``local_energy`` (the (2 * _STENCIL + 1)**ndim neighbourhood
+    of the peak) by Lagrange weights.
     """
     n, ndim = peak.shape
-    centre = np.zeros((n, ndim), dtype=np.int64)  # in 1/upsample_factor units
-    reach = math.ceil(0.75 * upsample_factor)  # the integer peak is within 0.5 px
-    step = upsample_factor
-    best = None
-    while step > 1:
-        step = max(1, step // _REFINE_RATIO)
-        count = math.ceil(reach / step)
-        grid_units = np.arange(-count, count + 1) * step
+    centre = np.rint(start * upsample_factor).astype(np.int64)  # in 1/upsample_factor units
+    best = np.zeros(n)
+    step = max(1, upsample_factor // 10)
+    while True:
+        grid_units = np.arange(-_REFINE_REACH, _REFINE_REACH + 1) * step
         grid = grid_units / upsample_factor
-        origin = peak + centre / upsample_factor
-        numerator = _contract(cross, _dft_kernels(shape, cross.shape[-1], origin, grid))
-        numerator = numerator.real / np.prod(shape)
-        offsets = (centre / upsample_factor)[:, :, None] + grid  # (n, ndim, U)
-        lagrange = _lagrange_weights(offsets, _STENCIL).transpose(0, 1, 3, 2)
-        energy = _contract(local_energy, list(lagrange.transpose(1, 0, 2, 3)))
-        index, best = _argmax(numerator / np.sqrt(np.maximum(energy, _TINY)))
-        centre = centre + grid_units[index]
-        reach = step
-    return peak + centre / upsample_factor, best
+        todo = slice(None)  # every item at first, then those whose grid moves
+        while centre[todo].size:
+            origin = peak[todo] + centre[todo] / upsample_factor
+            numerator = _dft_at(cross[todo], shape, origin, grid)
+            offsets = (centre[todo] / upsample_factor)[:, :, None] + grid  # (items, ndim, U)
+            lagrange = _lagrange_weights(offsets, _STENCIL).transpose(1, 0, 3, 2)
+            energy = _contract(local_energy[todo], list(lagrange))
+            index, best[todo] = _argmax(numerator / np.sqrt(np.maximum(energy, _TINY)))
+            centre[todo] += grid_units[index]
+            on_edge = ((index == 0) | (index == len(grid) - 1)).any(axis=1)
+            near = (np.abs(centre[todo]) < upsample_factor).all(axis=1)
+            todo = np.arange(n)[todo][on_edge & near]
+        if step == 1:
+            return peak + centre / upsample_factor, best
+        step = max(1, step // _REFINE_RATIO)

@@ -18,12 +18,18 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import XregError
-from .correlation import ReferencePlan, estimate_shifts, prepare_reference, stack_plans
+from .correlation import (
+    ReferencePlan,
+    estimate_shifts,
+    map_threads,
+    prepare_reference,
+    stack_plans,
+)
 from .shift import SCIPY_MODES, _working_dtype, check_interpolation, round_to_dtype
 
-# Frames whose blocks go through one batched estimate: enough items to keep both
-# cores busy, few enough that the crops stay small (16 x 49 blocks of 128^2: 51 MB).
-_FRAMES_PER_PASS = 16
+# Frames whose blocks are cut and estimated together: enough blocks to amortise the
+# per-call overhead, few enough that a step's arrays stay small (4 x 49 x 128^2: 13 MB).
+_FRAMES_PER_PASS = 4
 
 __all__ = [
     "BlockGrid",
@@ -177,36 +183,33 @@ def estimate_piecewise(
     """
     frames = np.asarray(frames)
     ndim = plan.rigid.ndim
-    rigid = estimate_shifts(frames, plan.rigid, upsample_factor=upsample_factor, workers=workers)
-    whole = np.rint(rigid[:, :ndim]).astype(int)
-    # Cut each block at the frame's whole-pixel rigid position; pad so it always fits.
-    pad = int(np.abs(whole).max()) if len(whole) else 0
-    padded = np.pad(frames, [(0, 0)] + [(pad, pad)] * ndim, mode="edge") if pad else frames
-    count = int(np.prod(plan.grid.grid_shape))
-    out = np.zeros((len(frames), count, ndim + 1))
+    rigid = np.zeros((len(frames), ndim + 1))
+    out = np.zeros((len(frames), int(np.prod(plan.grid.grid_shape)), ndim + 1))
     if plan.blocks is not None:
-        ids = np.asarray(plan.block_ids)
-        indices = [np.unravel_index(i, plan.grid.grid_shape) for i in ids]
-        # All blocks of a few frames in one batched estimate, each against its own block.
-        step = max(1, _FRAMES_PER_PASS)
-        for first in range(0, len(frames), step):
-            chunk = range(first, min(first + step, len(frames)))
-            crops = np.stack(
-                [
-                    padded[(t,) + _block_slices(plan.grid, index, whole[t] + pad)]
-                    for t in chunk
-                    for index in indices
-                ]
-            )
-            result = estimate_shifts(
-                crops,
-                plan.blocks,
-                upsample_factor=upsample_factor,
-                workers=workers,
-                plan_index=np.tile(np.arange(len(ids)), len(chunk)),
-            ).reshape(len(chunk), len(ids), ndim + 1)
-            result[..., :ndim] += whole[first : chunk.stop, None, :]
-            out[first : chunk.stop, ids] = result
+        index = np.unravel_index(np.asarray(plan.block_ids), plan.grid.grid_shape)
+        starts = [np.asarray(s)[i] for s, i in zip(plan.grid.starts, index, strict=True)]
+
+    def run(chunk):
+        rigid[chunk] = estimate_shifts(
+            frames[chunk], plan.rigid, upsample_factor=upsample_factor, workers=1
+        )
+        if plan.blocks is None:
+            return
+        # Each block cut at its frame's whole-pixel rigid position, all blocks of the
+        # chunk's frames estimated together, each against its own block of the reference.
+        whole = np.rint(rigid[chunk, :ndim]).astype(int)
+        crops = np.stack(
+            [
+                _blocks_at(frame, starts, offset, plan.grid.block_size)
+                for frame, offset in zip(frames[chunk], whole, strict=True)
+            ]
+        )
+        result = estimate_shifts(crops, plan.blocks, upsample_factor=upsample_factor, workers=1)
+        result[..., :ndim] += whole[:, None, :]
+        out[chunk, plan.block_ids] = result
+
+    step = _FRAMES_PER_PASS
+    map_threads(run, [slice(i, i + step) for i in range(0, len(frames), step)], workers)
     out = out.reshape((len(frames),) + plan.grid.grid_shape + (ndim + 1,))
     weak = out[..., ndim] < min_quality
     rigid_expanded = np.broadcast_to(
@@ -215,6 +218,22 @@ def estimate_piecewise(
     out[..., :ndim] = np.where(weak[..., None], rigid_expanded, out[..., :ndim])
     out[..., ndim] = np.where(weak, 0.0, out[..., ndim])
     return rigid, out
+
+
+def _blocks_at(frame, starts, offset, block_size):
+    """The blocks at ``starts`` (block origins per axis) of ``frame`` moved by
+    ``offset`` pixels, edge-padded where they cross its border."""
+    positions = [s + o for s, o in zip(starts, offset, strict=True)]
+    pad = max(
+        0,
+        *(-p.min() for p in positions),
+        *(p.max() + b - n for p, b, n in zip(positions, block_size, frame.shape, strict=True)),
+    )
+    if pad:
+        frame = np.pad(frame, pad, mode="edge")
+        positions = [p + pad for p in positions]
+    # One gather from a view of every block-sized window.
+    return np.lib.stride_tricks.sliding_window_view(frame, block_size)[tuple(positions)]
 
 
 def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
@@ -234,6 +253,16 @@ def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
     return matrix
 
 
+def _interpolate(values: np.ndarray, matrices) -> np.ndarray:
+    """The trailing axes of ``values`` taken from the block grid to pixels, one matrix
+    (pixels, blocks) per axis."""
+    lead = values.ndim - len(matrices)
+    for axis, matrix in enumerate(matrices):
+        values = np.tensordot(values, matrix, axes=([lead + axis], [1]))
+        values = np.moveaxis(values, -1, lead + axis)
+    return values
+
+
 def displacement_field(block_shifts: np.ndarray, grid: BlockGrid) -> np.ndarray:
     """Per-pixel displacement from per-block displacements (multilinear between centres).
 
@@ -249,10 +278,77 @@ def displacement_field(block_shifts: np.ndarray, grid: BlockGrid) -> np.ndarray:
         float32 ``(n, ndim, *frame_shape)``.
     """
     values = np.moveaxis(np.asarray(block_shifts, dtype=np.float32), -1, 1)  # (n, ndim, *grid)
-    for axis, (centres, size) in enumerate(zip(grid.centres, grid.shape, strict=True)):
-        matrix = _interpolation_matrix(centres, size).astype(np.float32)
-        values = np.moveaxis(np.tensordot(values, matrix, axes=([axis + 2], [1])), -1, axis + 2)
-    return np.ascontiguousarray(values)
+    matrices = [
+        _interpolation_matrix(centres, size).astype(np.float32)
+        for centres, size in zip(grid.centres, grid.shape, strict=True)
+    ]
+    return np.ascontiguousarray(_interpolate(values, matrices))
+
+
+# np.pad's names for xreg's boundary modes (see xreg.core.shift.MODES).
+_PAD_MODES = {
+    "nearest": "edge",
+    "constant": "constant",
+    "reflect": "symmetric",
+    "mirror": "reflect",
+    "wrap": "wrap",
+}
+# Output pixels warped per step: small enough that a step's temporaries stay in cache.
+_WARP_STEP_PIXELS = 64 * 1024
+
+
+def _multilinear(flat, index, fractions, strides):
+    """Multilinear interpolation in a flattened array: ``index`` is each point's
+    lower corner, ``fractions`` its offsets from it along each axis."""
+    if not strides:
+        return flat.take(index)
+    low = _multilinear(flat, index, fractions[1:], strides[1:])
+    high = _multilinear(flat, index + strides[0], fractions[1:], strides[1:])
+    high -= low
+    high *= fractions[0]
+    low += high
+    return low
+
+
+def _warp_frame(frame, values, matrices, order, mode, cval):
+    """One frame sampled at ``x + field(x)``, order 0 or 1, a few rows at a time.
+
+    The frame is padded by more than the largest displacement (by the boundary
+    mode), so every sample lies inside the padded array: then the sampling is a
+    plain gather, with no per-pixel bounds checks, and each step computes its own
+    rows of the field from the block values (no frame-sized field is stored).
+    """
+    shape = frame.shape
+    # Multilinear interpolation never exceeds the largest block displacement.
+    pad = int(np.ceil(np.abs(values).max())) + 1
+    extra = {"constant_values": cval} if mode == "constant" else {}
+    padded = np.pad(frame, pad, mode=_PAD_MODES[mode], **extra)
+    flat = padded.ravel()
+    strides = [s // padded.itemsize for s in padded.strides]
+    rows = max(1, _WARP_STEP_PIXELS // int(np.prod(shape[1:])))
+    # The field along every axis but the first, once; each step then needs one matmul.
+    partial = _interpolate(values, matrices[1:]).reshape(len(shape), values.shape[1], -1)
+    out = np.empty(shape, frame.dtype)
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        positions = matrices[0][start:stop] @ partial
+        positions = positions.reshape((len(shape), stop - start) + shape[1:])
+        index = np.zeros(positions.shape[1:], np.intp)
+        for axis, stride in enumerate(strides):
+            grid = np.arange(pad, pad + shape[axis], dtype=frame.dtype)
+            if axis == 0:
+                grid = grid[start:stop]
+            positions[axis] += grid.reshape((-1,) + (1,) * (len(shape) - axis - 1))
+            if order == 0:
+                positions[axis] += 0.5
+            lower = np.floor(positions[axis])
+            positions[axis] -= lower
+            index += lower.astype(np.intp) * stride
+        if order == 0:
+            out[start:stop] = flat.take(index)
+        else:
+            out[start:stop] = _multilinear(flat, index, list(positions), strides)
+    return out
 
 
 def warp_frames(
@@ -266,15 +362,19 @@ def warp_frames(
 ) -> np.ndarray:
     """Undo non-rigid motion: ``out[i](x) = frames[i](x + field[i](x))``.
 
+    The field is :func:`displacement_field` of the block shifts.
+
     Parameters
     ----------
     frames : numpy.ndarray
         ``(n, *frame_shape)``.
     block_shifts : numpy.ndarray
-        ``(n, *grid_shape, ndim)`` from :func:`estimate_piecewise`.
+        ``(n, *grid_shape, ndim)`` from :func:`estimate_piecewise`.  A frame with a
+        non-finite block shift is left unchanged, as :func:`shift_frames` does.
     grid : BlockGrid
     order : int, default 1
-        Interpolation order (0 to 5).
+        Interpolation order: 0 (nearest sample), 1 (multilinear), up to 5
+        (B-spline, ``scipy.ndimage.map_coordinates``).
     mode, cval
         Boundary handling, as in :func:`xreg.core.shift_frames`.
 
@@ -287,13 +387,21 @@ def warp_frames(
     frames = np.asarray(frames)
     block_shifts = np.asarray(block_shifts)
     work = _working_dtype(frames.dtype)
-    base = np.indices(grid.shape, dtype=np.float32)
-    spline_mode = SCIPY_MODES.get(mode, mode)
+    values = np.moveaxis(block_shifts, -1, 1).astype(work)  # (n, ndim, *grid)
+    matrices = [
+        _interpolation_matrix(centres, size).astype(work)
+        for centres, size in zip(grid.centres, grid.shape, strict=True)
+    ]
     out = np.empty(frames.shape, frames.dtype)
     for i, frame in enumerate(frames):
         frame = frame.astype(work, copy=False)
-        # One frame's field at a time: a chunk's worth would be 8 bytes a pixel more.
-        coords = base + displacement_field(block_shifts[i : i + 1], grid)[0]
-        moved = ndimage.map_coordinates(frame, coords, order=order, mode=spline_mode, cval=cval)
+        if not np.all(np.isfinite(values[i])):
+            moved = frame
+        elif order <= 1:
+            moved = _warp_frame(frame, values[i], matrices, order, mode, cval)
+        else:
+            coords = np.indices(grid.shape, dtype=work) + _interpolate(values[i], matrices)
+            spline_mode = SCIPY_MODES.get(mode, mode)
+            moved = ndimage.map_coordinates(frame, coords, order=order, mode=spline_mode, cval=cval)
         out[i] = round_to_dtype(moved, frames.dtype)
     return out

@@ -172,3 +172,17 @@ def test_warp_leaves_frames_with_unknown_shifts_unchanged():
     out = warp_frames(frames, blocks, grid)
     np.testing.assert_array_equal(out[1], frames[1])
     assert not np.allclose(out[0], frames[0])
+
+
+def test_nan_pixels_in_a_block_are_left_out():
+    """A block with missing pixels is compared on the rest, against its own reference."""
+    from xreg.core import estimate_piecewise, prepare_piecewise
+
+    reference = smooth_image((128, 128), sigma=2.0)
+    frames = np.stack([ndimage.shift(reference, (1.3, -2.2), order=3, mode="nearest")] * 3)
+    frames[1, 50:60, 20:40] = np.nan
+    rigid, blocks = estimate_piecewise(frames, prepare_piecewise(reference, block_size=32))
+    np.testing.assert_allclose(rigid[:, :2], [(1.3, -2.2)] * 3, atol=0.05)
+    np.testing.assert_allclose(
+        blocks[..., :2], np.broadcast_to([1.3, -2.2], blocks[..., :2].shape), atol=0.05
+    )

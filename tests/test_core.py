@@ -143,6 +143,18 @@ def test_integer_output_is_rounded_and_clipped_not_wrapped():
     assert 30000 < out[0, 0, 0] < 35000  # halfway, rounded, not wrapped
 
 
+def test_clipping_keeps_whole_pixel_motion_exact():
+    """Clipping frame and reference alike commutes with whole-pixel motion."""
+    truth = np.array([(0, 0), (3, -5), (-7, 2)])
+    frames = np.stack([np.roll(CAMERA, tuple(t), axis=(0, 1)) for t in truth])
+    low, high = np.percentile(CAMERA, [5, 80])
+    plan = prepare_reference(CAMERA, clip=(low, high))
+    assert np.isin(frames, CAMERA).all() and (frames > high).mean() > 0.1  # much is clipped
+    result = estimate_shifts(frames, plan, upsample_factor=10)
+    np.testing.assert_allclose(result[:, :2], truth, atol=1e-6)
+    assert np.all(result[:, 2] > 0.999)
+
+
 def test_bad_reference():
     with pytest.raises(XregError, match="constant"):
         prepare_reference(np.ones((10, 10)))
@@ -150,3 +162,5 @@ def test_bad_reference():
         prepare_reference(np.where(np.eye(10) > 0, np.nan, 1.0))
     with pytest.raises(XregError, match="2-D or 3-D"):
         prepare_reference(np.arange(10.0))
+    with pytest.raises(XregError, match="low < high"):
+        prepare_reference(CAMERA, clip=(200, 100))

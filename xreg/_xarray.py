@@ -154,6 +154,7 @@ def estimate(
     block_size=(128, 128),
     overlap: float = 0.5,
     min_quality: float = 0.3,
+    clip=(1, 99),
     whole_frame: bool = False,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.estimate`.
@@ -168,15 +169,16 @@ def estimate(
         raise XregError(f"`smooth` must be a whole number of frames >= 1; got {smooth!r}.")
     attrs = {}
     if reference is None:
-        reference = build_reference(da, dim=dim, max_shift=max_shift)
+        reference = build_reference(da, dim=dim, max_shift=max_shift, clip=clip)
         attrs.update({f"reference_{k}": v for k, v in reference.attrs.items()})
     else:
         attrs["reference_method"] = "given"
     reference = reference_array(reference, da, spatial)
+    bounds = core.clip_bounds(reference, clip)
     ndim = len(spatial)
     if method == "piecewise":
         plan = core.prepare_piecewise(
-            reference, block_size=block_size, overlap=overlap, max_shift=max_shift
+            reference, block_size=block_size, overlap=overlap, max_shift=max_shift, clip=bounds
         )
         grid_shape = plan.grid.grid_shape
         values = _per_frame(
@@ -191,13 +193,15 @@ def estimate(
         )
         rigid_plan = plan.rigid
     else:
-        plan = rigid_plan = make_plan(reference, max_shift, whole_frame)
+        plan = rigid_plan = make_plan(reference, max_shift, whole_frame, bounds)
         values = _per_frame(
             da, dim, spatial, _estimate_chunk, ndim + 1, plan=plan, upsample_factor=upsample_factor
         )
     shifts, quality = values[:, :ndim], values[:, ndim]
     bad = core.flag_bad_frames(quality, bad_frame_threshold)
-    attrs.update(estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold))
+    attrs.update(
+        estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
+    )
     if smooth:
         shifts = core.rolling_median(shifts, int(smooth), bad)
         attrs["smooth"] = int(smooth)
@@ -257,16 +261,16 @@ def grid_of(shifts: xr.DataArray) -> core.BlockGrid:
         ) from error
 
 
-def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False):
+def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False, clip=None):
     """The core's reference plan: windowed (default) or whole-frame circular (thunder)."""
     if whole_frame:
-        return core.prepare_reference(reference, max_shift=reference.shape, margin=0)
-    return core.prepare_reference(reference, max_shift=max_shift)
+        return core.prepare_reference(reference, max_shift=reference.shape, margin=0, clip=clip)
+    return core.prepare_reference(reference, max_shift=max_shift, clip=clip)
 
 
-def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold) -> dict:
+def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold, clip=None) -> dict:
     """The attrs every displacement array carries: units, method and its settings."""
-    return {
+    attrs = {
         "units": "pixel",
         "long_name": "displacement of each frame relative to the reference",
         "method": "rigid, whole frame" if whole_frame else "rigid",
@@ -274,6 +278,9 @@ def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold) -> d
         "max_shift": list(plan.max_shift),
         "bad_frame_threshold": float(bad_frame_threshold),
     }
+    if clip is not None:
+        attrs["clip_percentiles"] = [float(c) for c in clip]
+    return attrs
 
 
 def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -> xr.DataArray:
@@ -466,6 +473,7 @@ def build_reference(
     iterations: int = 4,
     upsample_factor: int = 10,
     max_shift=None,
+    clip=(1, 99),
     dim: Hashable = "time",
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.reference`."""
@@ -478,7 +486,11 @@ def build_reference(
     # Only the sampled frames are read (for Dask, only the chunks that hold them).
     sample = np.asarray(da.isel({dim: index}).transpose(dim, *spatial).values)
     image, _ = core.build_reference(
-        sample, iterations=int(iterations), upsample_factor=upsample_factor, max_shift=max_shift
+        sample,
+        iterations=int(iterations),
+        upsample_factor=upsample_factor,
+        max_shift=max_shift,
+        clip_percentiles=clip,
     )
     return xr.DataArray(
         image,
@@ -490,5 +502,6 @@ def build_reference(
             "n_frames": len(index),
             "iterations": int(iterations),
             "upsample_factor": int(upsample_factor),
+            **({} if clip is None else {"clip_percentiles": [float(c) for c in clip]}),
         },
     )

@@ -28,6 +28,7 @@ class RegAccessor:
         iterations: int = 4,
         upsample_factor: int = 10,
         max_shift=None,
+        clip=(1, 99),
         dim: Hashable = "time",
     ) -> xr.DataArray:
         """Build a sharp reference from the movie itself.
@@ -48,6 +49,8 @@ class RegAccessor:
             Subpixel precision used inside the rounds.
         max_shift : int or sequence of int, optional
             Search range in pixels per axis (default: 10 % of each axis, at least 8).
+        clip : (float, float) or None, default (1, 99)
+            Percentile clipping inside the rounds, as in :meth:`estimate`.
         dim : hashable, default "time"
             The frame dim.
 
@@ -70,6 +73,7 @@ class RegAccessor:
             iterations=iterations,
             upsample_factor=upsample_factor,
             max_shift=max_shift,
+            clip=clip,
             dim=dim,
         )
 
@@ -86,6 +90,7 @@ class RegAccessor:
         block_size=(128, 128),
         overlap: float = 0.5,
         min_quality: float = 0.3,
+        clip=(1, 99),
     ) -> xr.DataArray:
         """Estimate the displacement of every frame relative to a reference.
 
@@ -119,6 +124,12 @@ class RegAccessor:
         min_quality : float, default 0.3
             Piecewise only: a block whose correlation peak is weaker than this
             takes the frame's rigid displacement.
+        clip : (float, float) or None, default (1, 99)
+            Percentiles of the reference: the reference and every frame are
+            clipped to the intensities there before they are compared, so that
+            cells lit by a calcium transient cannot dominate the match (as
+            suite2p does).  ``None`` compares raw intensities.  With
+            ``reference=None`` it applies to building the reference too.
 
         Returns
         -------
@@ -179,6 +190,7 @@ class RegAccessor:
             block_size=block_size,
             overlap=overlap,
             min_quality=min_quality,
+            clip=clip,
         )
 
     def apply(

@@ -207,7 +207,10 @@ class CrossCorr:
         return f"CrossCorr(axis={self.axis}, upsample_factor={self.upsample_factor})"
 
     def _options(self):
-        return {"upsample_factor": self.upsample_factor, "whole_frame": not self.windowed}
+        options = {"upsample_factor": self.upsample_factor, "whole_frame": not self.windowed}
+        if not self.windowed:
+            options["clip"] = None  # thunder compared raw intensities
+        return options
 
     def fit(self, images, reference) -> RegistrationModel:
         """Estimate each image's displacement relative to ``reference``.

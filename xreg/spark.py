@@ -201,6 +201,7 @@ def estimate(
     axis: int | None = None,
     time=None,
     bad_frame_threshold: float = 6.0,
+    clip=(1, 99),
 ) -> xr.DataArray:
     """Displacements of an RDD's frames, computed on the executors.
 
@@ -223,6 +224,8 @@ def estimate(
         Values for the ``time`` coordinate (default: the frame index).
     bad_frame_threshold : float, default 6.0
         As in :meth:`~xreg.accessor.RegAccessor.estimate`.
+    clip : (float, float) or None, default (1, 99)
+        As in :meth:`~xreg.accessor.RegAccessor.estimate` (per plane with ``axis``).
 
     Returns
     -------
@@ -234,7 +237,10 @@ def estimate(
         raise XregError(f"The reference must be one 2-D or 3-D frame; got shape {reference.shape}.")
     planes = [reference] if axis is None else list(np.moveaxis(reference, axis, 0))
     plans = rdd.context.broadcast(
-        [_xarray.make_plan(plane, max_shift, whole_frame) for plane in planes]
+        [
+            _xarray.make_plan(plane, max_shift, whole_frame, core.clip_bounds(plane, clip))
+            for plane in planes
+        ]
     )
 
     def run(records):
@@ -271,7 +277,7 @@ def estimate(
     labels = {"time": np.arange(n) if time is None else np.asarray(time)}
     spatial = ("y", "x") if planes[0].ndim == 2 else ("z", "y", "x")
     attrs = _xarray.estimate_attrs(
-        plans.value[0], upsample_factor, whole_frame, bad_frame_threshold
+        plans.value[0], upsample_factor, whole_frame, bad_frame_threshold, clip
     )
     plans.unpersist()
     if axis is None:

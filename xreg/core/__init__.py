@@ -3,7 +3,13 @@
 Everything here takes and returns numpy arrays with the frame axis first.
 """
 
-from .correlation import ReferencePlan, default_max_shift, estimate_shifts, prepare_reference
+from .correlation import (
+    ReferencePlan,
+    clip_bounds,
+    default_max_shift,
+    estimate_shifts,
+    prepare_reference,
+)
 from .piecewise import (
     BlockGrid,
     PiecewisePlan,
@@ -28,6 +34,7 @@ __all__ = [
     "prepare_piecewise",
     "warp_frames",
     "ReferencePlan",
+    "clip_bounds",
     "build_reference",
     "default_max_shift",
     "estimate_shifts",

@@ -34,6 +34,7 @@ from ..errors import XregError
 
 __all__ = [
     "ReferencePlan",
+    "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
     "prepare_reference",
@@ -67,6 +68,37 @@ def default_max_shift(shape: tuple[int, ...]) -> tuple[int, ...]:
     tuple of int
     """
     return tuple(min(max(math.ceil(0.1 * n), 8), (n - 1) // 2) for n in shape)
+
+
+def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | None:
+    """The reference's intensities at two percentiles: bounds for ``clip``.
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        The reference frame.
+    percentiles : (float, float) or None
+        Low and high percentile, ``0 <= low < high <= 100``.
+
+    Returns
+    -------
+    (float, float) or None
+        None if ``percentiles`` is None, or if both bounds coincide (a reference
+        mostly at one value would be clipped flat).
+    """
+    if percentiles is None:
+        return None
+    try:
+        low, high = (float(p) for p in percentiles)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not 0 <= low < high <= 100:
+        raise XregError(
+            "`clip` must be two percentiles of the reference, 0 <= low < high <= 100, "
+            f"or None; got {percentiles!r}."
+        )
+    bounds = np.nanpercentile(reference, [low, high])
+    return None if bounds[0] == bounds[1] else (float(bounds[0]), float(bounds[1]))
 
 
 def window_profile(length: int, margin: int, ramp: int) -> np.ndarray:
@@ -108,6 +140,7 @@ class ReferencePlan:
     conj_ref: np.ndarray  # complex64, conj(rfftn(normalised reference))
     conj_ref_sq: np.ndarray  # complex64, conj(rfftn(normalised reference ** 2))
     local_energy: np.ndarray  # float64 window: reference variance under shifted window
+    clip: tuple[float, float] | None = None  # intensity bounds applied to every frame
 
     @property
     def ndim(self) -> int:
@@ -136,8 +169,11 @@ def stack_plans(plans) -> ReferencePlan:
         when all plans share it).
     """
     first = plans[0]
-    if any(p.shape != first.shape or p.max_shift != first.max_shift for p in plans):
-        raise XregError("Stacked references must share their shape and search range.")
+    if any(
+        p.shape != first.shape or p.max_shift != first.max_shift or p.clip != first.clip
+        for p in plans
+    ):
+        raise XregError("Stacked references must share their shape, search range and clip.")
     # Blocks of one shape share their window: keep one copy, not one per block.
     shared = all(np.array_equal(p.weight, first.weight) for p in plans)
     kept = plans[:1] if shared else plans
@@ -149,6 +185,7 @@ def stack_plans(plans) -> ReferencePlan:
         conj_ref=np.stack([p.conj_ref for p in plans]),
         conj_ref_sq=np.stack([p.conj_ref_sq for p in plans]),
         local_energy=np.stack([p.local_energy for p in plans]),
+        clip=first.clip,
     )
 
 
@@ -186,6 +223,7 @@ def prepare_reference(
     *,
     max_shift: int | tuple[int, ...] | None = None,
     margin: int | tuple[int, ...] | None = None,
+    clip: tuple[float, float] | None = None,
 ) -> ReferencePlan:
     """Precompute the reference's spectra and local energy for :func:`estimate_shifts`.
 
@@ -201,6 +239,11 @@ def prepare_reference(
         capped at a quarter of the axis, so that content moved across the border
         never biases the estimate.  ``0`` gives a plain circular cross-correlation
         over the whole frame (what thunder-registration did).
+    clip : (float, float), optional
+        Intensity bounds: the reference and every frame are clipped to them before
+        they are compared, so that pixels far outside the reference's usual range
+        (cells lit by a calcium transient) weigh less.  The same clipping on both
+        sides keeps the estimate exact for whole-pixel motion.
 
     Returns
     -------
@@ -222,6 +265,12 @@ def prepare_reference(
             "The reference contains NaN or infinite values. "
             "Fill them first, e.g. `reference.fillna(reference.mean())`."
         )
+    if clip is not None:
+        low, high = (float(c) for c in clip)
+        if not low < high:
+            raise XregError(f"`clip` must be two intensities, low < high; got {clip!r}.")
+        clip = (low, high)
+        ref = np.clip(ref, low, high)
     std = ref.std()
     if std == 0:
         raise XregError(
@@ -271,6 +320,7 @@ def prepare_reference(
         conj_ref=ref_spectrum.conj().astype(np.complex64),
         conj_ref_sq=ref_sq_spectrum.conj().astype(np.complex64),
         local_energy=local_energy,
+        clip=clip,
     )
 
 
@@ -418,10 +468,13 @@ def _estimate_batch(frames, plan, upsample_factor):
     # centred = w * (f - mean_w(f)); its energy sum w (f - mean)^2 = sum centred * f.
     # Frame by frame and in place: whole-batch temporaries cost more than the FFT.
     centred = np.empty(frames.shape, np.float32)
+    clipped = None if plan.clip is None else np.empty(frames.shape[1:], np.float32)
     mean = np.empty((m, count))
     frame_energy = np.empty((m, count))
     for i, frame in enumerate(frames):
         item_weight, out = weight[i if len(weight) > 1 else 0], centred[i]
+        if clipped is not None:
+            frame = np.clip(frame, *plan.clip, out=clipped)
         np.multiply(frame, item_weight, out=out)
         mean[i] = out.reshape(count, -1).sum(axis=1, dtype=np.float64)
         mean[i] /= np.maximum(weight_sum[i], _TINY)

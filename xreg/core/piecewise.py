@@ -117,6 +117,7 @@ def prepare_piecewise(
     overlap: float = 0.5,
     max_shift=None,
     block_max_shift=None,
+    clip=None,
 ) -> PiecewisePlan:
     """Plans for the rigid step and for every block of the reference.
 
@@ -131,12 +132,16 @@ def prepare_piecewise(
     block_max_shift : int, optional
         Search range of each block around the rigid shift; default: a tenth of
         the block, at least 3 px.
+    clip : (float, float), optional
+        Intensity bounds for the rigid step and every block (see
+        :func:`prepare_reference`).
 
     Returns
     -------
     PiecewisePlan
     """
     reference = np.asarray(reference, dtype=np.float64)
+    rigid = prepare_reference(reference, max_shift=max_shift, clip=clip)
     grid = block_grid(reference.shape, block_size, overlap)
     if block_max_shift is None:
         block_max_shift = tuple(max(3, b // 10) for b in grid.block_size)
@@ -144,10 +149,9 @@ def prepare_piecewise(
     for flat_id, index in enumerate(np.ndindex(*grid.grid_shape)):
         block = reference[_block_slices(grid, index)]
         # A block with no contrast (flat background) cannot be matched: rigid fallback.
-        if block.std() > 0:
-            plans.append(prepare_reference(block, max_shift=block_max_shift))
+        if (block if rigid.clip is None else np.clip(block, *rigid.clip)).std() > 0:
+            plans.append(prepare_reference(block, max_shift=block_max_shift, clip=rigid.clip))
             ids.append(flat_id)
-    rigid = prepare_reference(reference, max_shift=max_shift)
     return PiecewisePlan(rigid, grid, stack_plans(plans) if plans else None, tuple(ids))
 
 

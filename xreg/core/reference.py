@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .correlation import estimate_shifts, prepare_reference
+from .correlation import clip_bounds, estimate_shifts, prepare_reference
 from .series import flag_bad_frames
 from .shift import shift_frames
 
@@ -117,6 +117,7 @@ def build_reference(
     iterations: int = 4,
     upsample_factor: int = 10,
     max_shift=None,
+    clip_percentiles=None,
     workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A sharp reference at the sample's median position.
@@ -132,6 +133,9 @@ def build_reference(
         Subpixel precision of the registration inside each round.
     max_shift : int or tuple of int, optional
         Search range, as in :func:`prepare_reference`.
+    clip_percentiles : (float, float), optional
+        In each round, frames are compared with the reference clipped to the
+        reference's intensities at these percentiles (see :func:`clip_bounds`).
     workers : int, optional
         Threads, as in :func:`estimate_shifts`.
 
@@ -150,7 +154,8 @@ def build_reference(
         reference = seed_reference(np.where(np.isfinite(frames), frames, np.nanmean(frames)))
     n = len(frames)
     for round_ in range(iterations + 1):
-        plan = prepare_reference(reference, max_shift=max_shift)
+        bounds = clip_bounds(reference, clip_percentiles)
+        plan = prepare_reference(reference, max_shift=max_shift, clip=bounds)
         result = estimate_shifts(frames, plan, upsample_factor=upsample_factor, workers=workers)
         shifts, quality = result[:, :-1], result[:, -1]
         if round_ == iterations:

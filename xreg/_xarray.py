@@ -139,6 +139,8 @@ def _per_frame(da, dim, spatial, function, width, **kwargs) -> np.ndarray:
 
 
 METHODS = ("rigid", "piecewise")
+# Reference percentiles that frames and reference are clipped to by default (suite2p's).
+CLIP_PERCENTILES = (1, 99)
 
 
 def estimate(
@@ -154,7 +156,7 @@ def estimate(
     block_size=(128, 128),
     overlap: float = 0.5,
     min_quality: float = 0.3,
-    clip=(1, 99),
+    clip=CLIP_PERCENTILES,
     whole_frame: bool = False,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.estimate`.
@@ -278,9 +280,12 @@ def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold, clip
         "max_shift": list(plan.max_shift),
         "bad_frame_threshold": float(bad_frame_threshold),
     }
-    if clip is not None:
-        attrs["clip_percentiles"] = [float(c) for c in clip]
-    return attrs
+    return attrs | clip_attrs(clip)
+
+
+def clip_attrs(clip) -> dict:
+    """The attr that records percentile clipping, if any."""
+    return {} if clip is None else {"clip_percentiles": [float(c) for c in clip]}
 
 
 def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -> xr.DataArray:
@@ -473,7 +478,7 @@ def build_reference(
     iterations: int = 4,
     upsample_factor: int = 10,
     max_shift=None,
-    clip=(1, 99),
+    clip=CLIP_PERCENTILES,
     dim: Hashable = "time",
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.reference`."""
@@ -502,6 +507,6 @@ def build_reference(
             "n_frames": len(index),
             "iterations": int(iterations),
             "upsample_factor": int(upsample_factor),
-            **({} if clip is None else {"clip_percentiles": [float(c) for c in clip]}),
+            **clip_attrs(clip),
         },
     )

@@ -28,7 +28,7 @@ class RegAccessor:
         iterations: int = 4,
         upsample_factor: int = 10,
         max_shift=None,
-        clip=(1, 99),
+        clip=_xarray.CLIP_PERCENTILES,
         dim: Hashable = "time",
     ) -> xr.DataArray:
         """Build a sharp reference from the movie itself.
@@ -90,7 +90,7 @@ class RegAccessor:
         block_size=(128, 128),
         overlap: float = 0.5,
         min_quality: float = 0.3,
-        clip=(1, 99),
+        clip=_xarray.CLIP_PERCENTILES,
     ) -> xr.DataArray:
         """Estimate the displacement of every frame relative to a reference.
 

@@ -201,7 +201,7 @@ def estimate(
     axis: int | None = None,
     time=None,
     bad_frame_threshold: float = 6.0,
-    clip=(1, 99),
+    clip=_xarray.CLIP_PERCENTILES,
 ) -> xr.DataArray:
     """Displacements of an RDD's frames, computed on the executors.
 

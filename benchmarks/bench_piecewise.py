@@ -1,7 +1,7 @@
 """Piecewise-rigid vs rigid registration: speed and accuracy in one run.
 
     python benchmarks/bench_piecewise.py [--frames 100] [--size 512] [--block 128]
-        [--repeat 3] [--suite2p PYTHON]
+        [--overlap 0.5] [--repeat 3] [--suite2p PYTHON]
 
 Two 512 x 512 movies, each frame warped by its own smooth random displacement
 field (up to 5 px): (1) a still image with shot noise; (2) neurons with calcium
@@ -59,7 +59,9 @@ def compare(movie, field, reference, target, args):
         return shifts, movie.reg.apply(shifts).compute()
 
     def piecewise():
-        shifts = movie.reg.estimate(reference, method="piecewise", block_size=args.block)
+        shifts = movie.reg.estimate(
+            reference, method="piecewise", block_size=args.block, overlap=args.overlap
+        )
         return shifts, movie.reg.apply(shifts).compute()
 
     rows = {}
@@ -92,13 +94,14 @@ def main():
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--block", type=int, default=128)
+    parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--repeat", type=int, default=3, help="xreg runs per path; best kept")
     parser.add_argument("--suite2p", metavar="PYTHON", help="a Python with suite2p installed")
     args = parser.parse_args()
     shape = (args.size, args.size)
     print(
         f"{args.frames} x {args.size} x {args.size} float32 frames, blocks {args.block} px, "
-        "overlap 0.5, xreg on Dask (25-frame chunks, 2 threads)"
+        f"overlap {args.overlap}, xreg on Dask (25-frame chunks, 2 threads)"
     )
 
     print("\n## 1. A still image, warped frame by frame, shot noise; correlation with it\n")

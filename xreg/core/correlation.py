@@ -510,20 +510,10 @@ def _estimate_batch(frames, plan, upsample_factor):
 
     shifts = peak.astype(np.float64)
     if upsample_factor > 1:
-        # Each item's energy around its peak: (items, 2 * _STENCIL + 1, ...).
-        rows = np.arange(m * count)
-        offsets = np.arange(2 * _STENCIL + 1)
-        where = [rows // count if len(energy) > 1 else 0, rows % count if count > 1 else 0]
-        where = [np.reshape(w, (-1,) + (1,) * ndim) for w in where]
-        for axis in range(ndim):
-            grid_shape = [1] * ndim
-            grid_shape[axis] = -1
-            where.append(peak_index[:, axis].reshape(expand) + offsets.reshape(grid_shape))
         cross = cross.reshape((m * count,) + cross.shape[2:])
         start = _parabolic_offsets(score, peak_index)
-        shifts, best = _refine(
-            cross, energy[tuple(where)], shifts, start, plan.shape, upsample_factor
-        )
+        around = _around_peaks(energy, peak_index, count)
+        shifts, best = _refine(cross, around, shifts, start, plan.shape, upsample_factor)
 
     frame_energy, weight_sum, mean = frame_energy.ravel(), weight_sum.ravel(), mean.ravel()
     quality = best / np.sqrt(np.maximum(frame_energy, _TINY))
@@ -536,6 +526,21 @@ def _estimate_batch(frames, plan, upsample_factor):
     shifts = (shifts + size / 2) % size - size / 2
     result = np.concatenate([shifts, np.clip(quality, 0.0, 1.0)[:, None]], axis=1)
     return result.reshape(m, count, ndim + 1)
+
+
+def _around_peaks(energy, peak_index, count):
+    """Each item's local energy around its peak, (items, 2 * _STENCIL + 1, ...), from
+    ``energy`` (frames or 1, references or 1, *window); items run frame-major."""
+    items, ndim = peak_index.shape
+    rows = np.arange(items)
+    where = [rows // count if len(energy) > 1 else 0, rows % count if count > 1 else 0]
+    where = [np.reshape(w, (-1,) + (1,) * ndim) for w in where]
+    offsets = np.arange(2 * _STENCIL + 1)
+    for axis in range(ndim):
+        grid_shape = [1] * ndim
+        grid_shape[axis] = -1
+        where.append(peak_index[:, axis].reshape((-1,) + (1,) * ndim) + offsets.reshape(grid_shape))
+    return energy[tuple(where)]
 
 
 def _argmax(score):

@@ -192,6 +192,7 @@ def test_killed_during_estimate_resumes(tmp_path):
         "reference": "auto",
         "upsample_factor": 10,
         "chunk_frames": None,
+        "clip_percentiles": [1, 99],
     }
     (output / io.RUN_FILE).write_text(json.dumps({"settings": settings, "stage": "estimating"}))
     (output / "debris").write_text("half-written")

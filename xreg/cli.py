@@ -112,12 +112,16 @@ def _scheduler(workers):
 
 
 def _settings(args) -> dict:
+    from ._xarray import CLIP_PERCENTILES
+
     return {
         "input": str(Path(args.input).resolve()),
         "var": args.var,
         "reference": args.reference,
         "upsample_factor": args.upsample_factor,
         "chunk_frames": args.chunk_frames,
+        # Recorded so that a run made with other estimator settings is not resumed.
+        "clip_percentiles": list(CLIP_PERCENTILES),
     }
 
 

@@ -491,12 +491,13 @@ def _estimate_batch(frames, plan, upsample_factor):
     if masked.any():
         # Items with invalid pixels need their own window, hence their own energy map.
         energy = np.broadcast_to(energy, (m, count) + energy.shape[2:]).copy()
-        item = np.nonzero(masked)[1]
+        # Each masked item's reference (the only one, for a plan of one reference).
+        which = np.nonzero(masked)[1] % len(conj_ref)
         energy[masked] = _local_energy(
             sfft.rfftn(weight[masked], axes=tuple(range(1, ndim + 1)), workers=1),
             weight_sum[masked].reshape(expand),
-            conj_ref[item % len(conj_ref)],
-            per_reference(plan.conj_ref_sq)[item % len(conj_ref)],
+            conj_ref[which],
+            per_reference(plan.conj_ref_sq)[which],
             plan.shape,
             tuple(h + _STENCIL for h in half),
         )

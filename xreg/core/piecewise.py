@@ -257,6 +257,14 @@ def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
     return matrix
 
 
+def _interpolation_matrices(grid: BlockGrid, dtype) -> list[np.ndarray]:
+    """One :func:`_interpolation_matrix` per axis of the grid, as ``dtype``."""
+    return [
+        _interpolation_matrix(centres, size).astype(dtype)
+        for centres, size in zip(grid.centres, grid.shape, strict=True)
+    ]
+
+
 def _interpolate(values: np.ndarray, matrices) -> np.ndarray:
     """The trailing axes of ``values`` taken from the block grid to pixels, one matrix
     (pixels, blocks) per axis."""
@@ -282,11 +290,7 @@ def displacement_field(block_shifts: np.ndarray, grid: BlockGrid) -> np.ndarray:
         float32 ``(n, ndim, *frame_shape)``.
     """
     values = np.moveaxis(np.asarray(block_shifts, dtype=np.float32), -1, 1)  # (n, ndim, *grid)
-    matrices = [
-        _interpolation_matrix(centres, size).astype(np.float32)
-        for centres, size in zip(grid.centres, grid.shape, strict=True)
-    ]
-    return np.ascontiguousarray(_interpolate(values, matrices))
+    return np.ascontiguousarray(_interpolate(values, _interpolation_matrices(grid, np.float32)))
 
 
 # np.pad's names for xreg's boundary modes (see xreg.core.shift.MODES).
@@ -392,10 +396,7 @@ def warp_frames(
     block_shifts = np.asarray(block_shifts)
     work = _working_dtype(frames.dtype)
     values = np.moveaxis(block_shifts, -1, 1).astype(work)  # (n, ndim, *grid)
-    matrices = [
-        _interpolation_matrix(centres, size).astype(work)
-        for centres, size in zip(grid.centres, grid.shape, strict=True)
-    ]
+    matrices = _interpolation_matrices(grid, work)
     out = np.empty(frames.shape, frames.dtype)
     for i, frame in enumerate(frames):
         frame = frame.astype(work, copy=False)

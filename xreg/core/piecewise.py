@@ -202,12 +202,9 @@ def estimate_piecewise(
         # Each block cut at its frame's whole-pixel rigid position, all blocks of the
         # chunk's frames estimated together, each against its own block of the reference.
         whole = np.rint(rigid[chunk, :ndim]).astype(int)
-        crops = np.stack(
-            [
-                _blocks_at(frame, starts, offset, plan.grid.block_size)
-                for frame, offset in zip(frames[chunk], whole, strict=True)
-            ]
-        )
+        crops = np.empty((len(whole), len(plan.block_ids)) + plan.grid.block_size, np.float32)
+        for frame, offset, blocks in zip(frames[chunk], whole, crops, strict=True):
+            _cut_blocks(frame, starts, offset, blocks)
         result = estimate_shifts(crops, plan.blocks, upsample_factor=upsample_factor, workers=1)
         result[..., :ndim] += whole[:, None, :]
         out[chunk, plan.block_ids] = result
@@ -224,9 +221,11 @@ def estimate_piecewise(
     return rigid, out
 
 
-def _blocks_at(frame, starts, offset, block_size):
-    """The blocks at ``starts`` (block origins per axis) of ``frame`` moved by
-    ``offset`` pixels, edge-padded where they cross its border."""
+def _cut_blocks(frame, starts, offset, out):
+    """Copy into ``out`` (blocks, *block_size) the blocks at ``starts`` (block origins
+    per axis) of ``frame`` moved by ``offset`` pixels, edge-padded where they cross its
+    border."""
+    block_size = out.shape[1:]
     positions = [s + o for s, o in zip(starts, offset, strict=True)]
     pad = max(
         0,
@@ -236,8 +235,9 @@ def _blocks_at(frame, starts, offset, block_size):
     if pad:
         frame = np.pad(frame, pad, mode="edge")
         positions = [p + pad for p in positions]
-    # One gather from a view of every block-sized window.
-    return np.lib.stride_tricks.sliding_window_view(frame, block_size)[tuple(positions)]
+    # Slice by slice: plain copies, cheaper than one fancy-indexed gather.
+    for block, origin in zip(out, zip(*positions, strict=True), strict=True):
+        block[...] = frame[tuple(slice(o, o + b) for o, b in zip(origin, block_size, strict=True))]
 
 
 def _interpolation_matrix(positions: np.ndarray, size: int) -> np.ndarray:
@@ -336,12 +336,15 @@ def _warp_frame(frame, values, matrices, order, mode, cval):
     rows = max(1, _WARP_STEP_PIXELS // int(np.prod(shape[1:])))
     # The field along every axis but the first, once; each step then needs one matmul.
     partial = _interpolate(values, matrices[1:]).reshape(len(shape), values.shape[1], -1)
+    # The flat index is summed in floating point, where the whole parts of the positions
+    # already are (one conversion to integers at the end); exact below 2**24.
+    index_dtype = np.float32 if flat.size < 2**24 and frame.dtype == np.float32 else np.float64
     out = np.empty(shape, frame.dtype)
     for start in range(0, shape[0], rows):
         stop = min(start + rows, shape[0])
         positions = matrices[0][start:stop] @ partial
         positions = positions.reshape((len(shape), stop - start) + shape[1:])
-        index = np.zeros(positions.shape[1:], np.intp)
+        index = np.zeros(positions.shape[1:], index_dtype)
         for axis, stride in enumerate(strides):
             grid = np.arange(pad, pad + shape[axis], dtype=frame.dtype)
             if axis == 0:
@@ -351,7 +354,9 @@ def _warp_frame(frame, values, matrices, order, mode, cval):
                 positions[axis] += 0.5
             lower = np.floor(positions[axis])
             positions[axis] -= lower
-            index += lower.astype(np.intp) * stride
+            lower *= stride
+            index += lower
+        index = index.astype(np.intp)
         if order == 0:
             out[start:stop] = flat.take(index)
         else:

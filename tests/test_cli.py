@@ -13,7 +13,7 @@ import tifffile
 import xarray as xr
 
 import xreg
-from xreg import io
+from xreg import cli, io
 from xreg.cli import main
 
 
@@ -88,6 +88,50 @@ def test_a_run_with_other_settings_is_not_resumed(tmp_path, capsys):
     assert run("register", source, output, "--quiet") == 0
     assert run("register", source, output, "--quiet", "--upsample-factor", "3") == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_register_and_estimate_piecewise(tmp_path, capsys):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    still = xreg.datasets.mouse(n_frames=12, shape=(96, 96), seed=1)
+    moved, _ = xreg.datasets.add_nonrigid_motion(still, max_shift=2, seed=1)
+    io.to_zarr(moved.chunk(time=4).to_dataset(name="movie"), source, mode="w")
+    reference = tmp_path / "ref.npy"
+    np.save(reference, still.mean("time").values)
+    options = ["--method", "piecewise", "--block-size", "48", "--overlap", "0.25"]
+    assert run("register", source, output, "--reference", reference, *options, "--quiet") == 0
+    result = open_output(output)
+    expected = moved.reg.estimate(
+        still.mean("time"), method="piecewise", block_size=48, overlap=0.25
+    )
+    shifts = result["displacement"]
+    assert shifts.dims == ("time", "block_y", "block_x", "axis") and shifts.shape[1:3] == (3, 3)
+    np.testing.assert_allclose(shifts.values, expected.values)
+    np.testing.assert_array_equal(result["movie"].values, moved.reg.apply(expected).values)
+    # Other blocks are other settings: not resumed.
+    assert run("register", source, output, "--reference", reference, "--quiet") == 2
+    assert "other settings" in capsys.readouterr().err
+
+    table = tmp_path / "blocks.nc"
+    assert run("estimate", source, table, "--reference", reference, *options, "--quiet") == 0
+    np.testing.assert_allclose(io.read_displacement(table).values, expected.values)
+    # A CSV has one row per frame: refused before any work, with the formats that do hold it.
+    assert run("estimate", source, tmp_path / "b.csv", *options, "--quiet") == 2
+    assert ".zarr or .nc" in capsys.readouterr().err
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_clip_option(tmp_path, capsys):
+    source = tmp_path / "in.zarr"
+    _, moved, _ = make_store(source, n_frames=20)
+    reference = moved.mean("time")
+    for option, clip in (([], (1, 99)), (["--clip", "none"], None), (["--clip", "5,95"], (5, 95))):
+        table = tmp_path / f"shifts{len(option)}{clip is None}.nc"
+        assert run("estimate", source, table, "--reference", "mean", *option, "--quiet") == 0
+        expected = moved.reg.estimate(reference, clip=clip)
+        np.testing.assert_allclose(io.read_displacement(table).values, expected.values)
+    with pytest.raises(SystemExit) as exit_info:
+        run("estimate", source, tmp_path / "x.nc", "--clip", "99,1")
+    assert exit_info.value.code == 2 and "0 <= LOW < HIGH <= 100" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -186,14 +230,7 @@ def test_killed_during_estimate_resumes(tmp_path):
     make_store(source, n_frames=30)
     # What a run killed mid-estimate leaves: its record and some debris.
     output.mkdir()
-    settings = {
-        "input": str(source.resolve()),
-        "var": None,
-        "reference": "auto",
-        "upsample_factor": 10,
-        "chunk_frames": None,
-        "clip_percentiles": [1, 99],
-    }
+    settings = cli._settings(cli._parser().parse_args(["register", str(source), str(output)]))
     (output / io.RUN_FILE).write_text(json.dumps({"settings": settings, "stage": "estimating"}))
     (output / "debris").write_text("half-written")
     assert run("register", source, output, "--quiet") == 0

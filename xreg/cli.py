@@ -12,6 +12,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._xarray import CLIP_PERCENTILES
 from .errors import XregError
 
 EXIT_BAD_INPUT = 2
@@ -26,6 +27,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def _percentiles(text: str) -> tuple[float, float] | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        low = high = None
+    if low is None or not 0 <= low < high <= 100:
+        raise argparse.ArgumentTypeError(
+            f"expected two percentiles LOW,HIGH with 0 <= LOW < HIGH <= 100, or none; got {text!r}"
+        )
+    return low, high
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +63,32 @@ def _parser() -> argparse.ArgumentParser:
             type=_positive_int,
             default=10,
             help="subpixel precision 1/N px (default 10; 1: whole pixels)",
+        )
+        sub.add_argument(
+            "--method",
+            choices=("rigid", "piecewise"),
+            default="rigid",
+            help="rigid (default): one shift per frame; piecewise: one per block, for "
+            "non-rigid motion",
+        )
+        sub.add_argument(
+            "--block-size",
+            type=_positive_int,
+            default=128,
+            help="piecewise: block size in pixels per axis (default 128)",
+        )
+        sub.add_argument(
+            "--overlap",
+            type=float,
+            default=0.5,
+            help="piecewise: fraction of a block shared with its neighbour (default 0.5)",
+        )
+        sub.add_argument(
+            "--clip",
+            type=_percentiles,
+            default=",".join(str(p) for p in CLIP_PERCENTILES),
+            help="LOW,HIGH: percentiles of the reference that frames and reference are "
+            "clipped to before comparing (default %(default)s); none: no clipping",
         )
         sub.add_argument(
             "--chunk-frames",
@@ -111,17 +152,25 @@ def _scheduler(workers):
         yield
 
 
-def _settings(args) -> dict:
-    from ._xarray import CLIP_PERCENTILES
+def _estimate_options(args) -> dict:
+    """Keyword arguments of ``.reg.estimate`` from the command line."""
+    options = {"upsample_factor": args.upsample_factor, "method": args.method, "clip": args.clip}
+    if args.method == "piecewise":
+        options.update(block_size=args.block_size, overlap=args.overlap)
+    return options
 
+
+def _settings(args) -> dict:
+    options = _estimate_options(args)
+    if options["clip"] is not None:
+        options["clip"] = list(options["clip"])  # as JSON gives it back
     return {
         "input": str(Path(args.input).resolve()),
         "var": args.var,
         "reference": args.reference,
-        "upsample_factor": args.upsample_factor,
         "chunk_frames": args.chunk_frames,
-        # Recorded so that a run made with other estimator settings is not resumed.
-        "clip_percentiles": list(CLIP_PERCENTILES),
+        # Every estimator setting, so that a run made with other settings is not resumed.
+        "estimate": options,
     }
 
 
@@ -136,9 +185,9 @@ def run_register(args) -> int:
         io.register_to_zarr(
             movie,
             args.output,
-            reference=lambda: io.open_reference(args.reference, movie),
+            reference=lambda: io.open_reference(args.reference, movie, clip=args.clip),
             settings=_settings(args),
-            upsample_factor=args.upsample_factor,
+            estimate_options=_estimate_options(args),
             overwrite=args.overwrite,
             workers=args.workers,
             progress=lambda stage, frames: update(frames),
@@ -151,11 +200,13 @@ def run_register(args) -> int:
 def run_estimate(args) -> int:
     from . import io
 
-    output = io.check_displacement_path(args.output, overwrite=args.overwrite)
+    output = io.check_displacement_path(
+        args.output, overwrite=args.overwrite, blocks=args.method == "piecewise"
+    )
     movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
     with _scheduler(args.workers):
-        reference = io.open_reference(args.reference, movie)
-        shifts = movie.reg.estimate(reference, upsample_factor=args.upsample_factor)
+        reference = io.open_reference(args.reference, movie, clip=args.clip)
+        shifts = movie.reg.estimate(reference, **_estimate_options(args))
     io.write_displacement(shifts, output, overwrite=args.overwrite)
     if not args.quiet:
         print(f"estimated {movie.sizes['time']} displacements into {output}", file=sys.stderr)

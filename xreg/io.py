@@ -151,16 +151,18 @@ def _open_tiff(path: Path) -> xr.DataArray:
     return xr.DataArray(dsa.from_zarr(array), dims=dims, name=path.name.split(".")[0])
 
 
-def open_reference(spec: str, movie: xr.DataArray) -> xr.DataArray:
+def open_reference(
+    spec: str, movie: xr.DataArray, *, clip=_xarray.CLIP_PERCENTILES
+) -> xr.DataArray:
     """The reference a command line asked for.
 
-    ``auto`` builds one (``movie.reg.reference()``); ``mean`` is the mean of all
+    ``auto`` builds one (``movie.reg.reference(clip=clip)``); ``mean`` is the mean of all
     frames (one extra pass); ``first:N`` the mean of the first N frames; anything
     else is a file: ``.npy``, a TIFF, or a Zarr/netCDF whose first variable is a frame.
     """
     spatial = [d for d in movie.dims if d != "time"]
     if spec == "auto":
-        return movie.reg.reference()
+        return movie.reg.reference(clip=clip)
     if spec == "mean":
         return movie.mean("time").compute()
     if spec.startswith("first:"):
@@ -186,19 +188,27 @@ def open_reference(spec: str, movie: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(np.squeeze(image), dims=spatial)
 
 
-def check_displacement_path(path, *, overwrite: bool = False) -> Path:
+def check_displacement_path(path, *, overwrite: bool = False, blocks: bool = False) -> Path:
     """The path displacements will be written to, checked before any work is done.
+
+    ``blocks``: the displacements are piecewise (per block), which a CSV cannot hold.
 
     Raises
     ------
     XregError
-        If it exists and ``overwrite`` is false, or its suffix is not .zarr, .nc, .csv.
+        If it exists and ``overwrite`` is false, or its suffix is not .zarr, .nc, .csv
+        (not .csv for ``blocks``).
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise XregError(f"{path} exists; pass --overwrite to replace it.")
     if path.suffix not in (".zarr", ".nc", ".csv"):
         raise XregError(f"{path}: save displacements as .zarr, .nc or .csv.")
+    if blocks and path.suffix == ".csv":
+        raise XregError(
+            f"{path}: a CSV holds one row per frame, and piecewise displacements have one "
+            "per block. Save them as .zarr or .nc."
+        )
     return path
 
 
@@ -208,7 +218,7 @@ def write_displacement(shifts: xr.DataArray, path, *, overwrite: bool = False) -
     The CSV has one row per frame: the time coordinate, one column per axis and
     the quality.
     """
-    path = check_displacement_path(path, overwrite=overwrite)
+    path = check_displacement_path(path, overwrite=overwrite, blocks=shifts.ndim > 2)
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if path.suffix == ".csv":
@@ -301,7 +311,7 @@ def register_to_zarr(
     *,
     reference: Callable[[], xr.DataArray],
     settings: dict,
-    upsample_factor: int = 10,
+    estimate_options: dict | None = None,
     overwrite: bool = False,
     workers: int | None = None,
     progress: Callable[[str, int], None] | None = None,
@@ -321,7 +331,9 @@ def register_to_zarr(
     settings : dict
         JSON-serialisable description of the run (input, options); a resumed run
         must match it.
-    upsample_factor : int, default 10
+    estimate_options : dict, optional
+        Keyword arguments of :meth:`xreg.accessor.RegAccessor.estimate` (for example
+        ``upsample_factor``, ``method="piecewise"``, ``block_size``).
     overwrite : bool, default False
     workers : int, optional
         Chunks computed at once (default: all cores); memory grows with it.
@@ -357,7 +369,8 @@ def register_to_zarr(
         ref = reference()
         parts = []
         for _, frames in _chunk_groups(movie, group):
-            parts.append(movie.isel(time=frames).reg.estimate(ref, upsample_factor=upsample_factor))
+            part = movie.isel(time=frames).reg.estimate(ref, **(estimate_options or {}))
+            parts.append(part)
             report("estimate", frames.stop - frames.start)
         shifts = xr.concat(parts, dim="time", combine_attrs="override")
         template = xr.Dataset(

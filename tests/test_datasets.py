@@ -71,5 +71,12 @@ def test_walkthrough_runs_and_tells_the_truth(tmp_path):
     assert (
         report["self_reference_subpixel_rms_px"] < 1.25 * report["true_reference_subpixel_rms_px"]
     )
-    for name in ["drift.png", "estimates.png", "before_after.png", "accessor_shifts.png"]:
+    # Non-rigid motion: piecewise registration beats rigid, which beats doing nothing.
+    assert (
+        report["nonrigid_correlation_piecewise"]
+        > report["nonrigid_correlation_rigid"] + 0.05
+        > report["nonrigid_correlation_unregistered"] + 0.05
+    )
+    pictures = ["drift.png", "estimates.png", "before_after.png", "accessor_shifts.png"]
+    for name in pictures + ["nonrigid_field.png"]:
         assert (tmp_path / name).stat().st_size > 5000

@@ -1,5 +1,7 @@
 """The .reg accessor on numpy- and Dask-backed DataArrays."""
 
+import warnings
+
 import matplotlib
 import numpy as np
 import pytest
@@ -202,6 +204,16 @@ def test_nan_frames_are_handled(backend):
     frames[1, :40] = np.nan  # a cropped band: estimated from the valid pixels
     shifts = as_movie(frames, backend).reg.estimate(CAMERA, upsample_factor=100)
     np.testing.assert_allclose(shifts.values, TRUTH, atol=0.05)
+
+
+def test_a_frame_with_no_valid_pixel(backend):
+    frames = fourier_moved(CAMERA, TRUTH)
+    frames[2] = np.nan  # a dropped frame
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0 along the way
+        shifts = as_movie(frames, backend).reg.estimate(CAMERA)
+    assert shifts.values[2].tolist() == [0, 0] and float(shifts.quality[2]) == 0
+    assert shifts.bad_frame.values.tolist() == [False, False, True]
 
 
 def test_constant_frames(backend):

@@ -108,14 +108,17 @@ def test_bad_input():
     image = smooth_image((64, 64))
     with pytest.raises(XregError, match="method"):
         movie.reg.estimate(image, method="elastic")
-    with pytest.raises(XregError, match="block_size"):
-        movie.reg.estimate(image, method="piecewise", block_size=4)
+    for block_size in (4, (32, 32, 32)):
+        with pytest.raises(XregError, match="block_size"):
+            movie.reg.estimate(image, method="piecewise", block_size=block_size)
     with pytest.raises(XregError, match="overlap"):
         movie.reg.estimate(image, method="piecewise", overlap=1.0)
     shifts = movie.reg.estimate(image, method="piecewise", block_size=32)
     other = xr.DataArray(np.zeros((2, 96, 96)), dims=("time", "y", "x"))
     with pytest.raises(XregError, match="frames of shape"):
         other.reg.apply(shifts)
+    with pytest.raises(XregError, match="every block"):
+        movie.reg.apply(shifts.isel(block_x=slice(0, 1)))
     with pytest.raises(XregError, match="block layout"):
         movie.reg.apply(shifts.drop_attrs())
     with pytest.raises(XregError, match="piecewise"):

@@ -413,10 +413,15 @@ def apply(
     if piecewise:
         grid = grid_of(shifts)
         frame_shape = tuple(da.sizes[d] for d in spatial)
-        if grid.shape != frame_shape or grid.grid_shape != values.shape[1:-1]:
+        if grid.shape != frame_shape:
             raise XregError(
                 f"These block shifts were estimated on frames of shape {grid.shape}; the "
                 f"movie's frames are {frame_shape}."
+            )
+        if grid.grid_shape != values.shape[1:-1]:
+            raise XregError(
+                f"These shifts hold {values.shape[1:-1]} blocks of the {grid.grid_shape} "
+                "they were estimated on; the field needs every block: pass them all."
             )
         function, kwargs["grid"] = _warp_chunk, grid
     else:

@@ -348,7 +348,8 @@ def _local_energy(weight_spectrum, weight_sum, conj_ref, conj_ref_sq, shape, hal
     """
     second = _correlate_window(weight_spectrum * conj_ref_sq, shape, half)
     first = _correlate_window(weight_spectrum * conj_ref, shape, half)
-    return np.maximum(second - first**2 / weight_sum, 0.0)
+    # An item with no valid pixel has weight_sum 0: energy 0, not 0 / 0.
+    return np.maximum(second - first**2 / np.maximum(weight_sum, _TINY), 0.0)
 
 
 def _batches(n, frame_size):

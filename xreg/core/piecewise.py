@@ -20,6 +20,7 @@ from scipy import ndimage
 from ..errors import XregError
 from .correlation import (
     ReferencePlan,
+    _per_axis,
     estimate_shifts,
     map_threads,
     prepare_reference,
@@ -80,8 +81,8 @@ def block_grid(shape, block_size, overlap: float = 0.5) -> BlockGrid:
     """
     if not 0 <= overlap < 1:
         raise XregError(f"`overlap` must be a fraction in [0, 1); got {overlap!r}.")
-    block_size = tuple(np.broadcast_to(np.asarray(block_size, dtype=int), (len(shape),)).tolist())
-    if min(block_size) < 8:
+    block_size = tuple(int(b) for b in _per_axis(block_size, None, shape, "block_size") or ())
+    if not block_size or min(block_size) < 8:
         raise XregError(f"`block_size` must be at least 8 px per axis; got {block_size}.")
     block_size = tuple(min(b, n) for b, n in zip(block_size, shape, strict=True))
     starts = []

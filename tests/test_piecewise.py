@@ -113,6 +113,8 @@ def test_bad_input():
             movie.reg.estimate(image, method="piecewise", block_size=block_size)
     with pytest.raises(XregError, match="overlap"):
         movie.reg.estimate(image, method="piecewise", overlap=1.0)
+    with pytest.raises(XregError, match="min_quality"):
+        movie.reg.estimate(image, method="piecewise", min_quality=30)
     shifts = movie.reg.estimate(image, method="piecewise", block_size=32)
     other = xr.DataArray(np.zeros((2, 96, 96)), dims=("time", "y", "x"))
     with pytest.raises(XregError, match="frames of shape"):

@@ -111,6 +111,9 @@ def test_bad_input():
     for block_size in (4, (32, 32, 32)):
         with pytest.raises(XregError, match="block_size"):
             movie.reg.estimate(image, method="piecewise", block_size=block_size)
+    # Before any work: this movie is blank, so building a reference would fail first.
+    with pytest.raises(XregError, match="block_size"):
+        movie.reg.estimate(method="piecewise", block_size=4)
     with pytest.raises(XregError, match="overlap"):
         movie.reg.estimate(image, method="piecewise", overlap=1.0)
     with pytest.raises(XregError, match="min_quality"):

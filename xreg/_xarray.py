@@ -169,11 +169,14 @@ def estimate(
         raise XregError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}.")
     if smooth is not None and (not isinstance(smooth, int | np.integer) or smooth < 1):
         raise XregError(f"`smooth` must be a whole number of frames >= 1; got {smooth!r}.")
-    if method == "piecewise" and not 0 <= min_quality <= 1:
-        raise XregError(
-            "`min_quality` is a correlation peak between 0 and 1 (blocks below it take "
-            f"the rigid displacement); got {min_quality!r}."
-        )
+    if method == "piecewise":
+        # Checked before any work (building a reference can take a while).
+        core.block_grid(tuple(da.sizes[d] for d in spatial), block_size, overlap)
+        if not 0 <= min_quality <= 1:
+            raise XregError(
+                "`min_quality` is a correlation peak between 0 and 1 (blocks below it take "
+                f"the rigid displacement); got {min_quality!r}."
+            )
     attrs = {}
     if reference is None:
         reference = build_reference(da, dim=dim, max_shift=max_shift, clip=clip)

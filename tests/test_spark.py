@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 from conftest import as_movie, fourier_moved, smooth_image
 
+import xreg
 from xreg import CrossCorr, XregError, io
 from xreg import spark as xspark
 
@@ -41,6 +42,25 @@ def test_estimate_and_apply_match_the_accessor(spark_context):
     assert shifts.attrs == {k: v for k, v in expected.attrs.items() if k != "reference_method"}
     registered = xspark.from_rdd(xspark.apply(rdd, shifts))
     np.testing.assert_allclose(registered.values, local.reg.apply(expected).values, atol=1e-4)
+
+
+def test_piecewise_estimate_and_apply_match_the_accessor(spark_context):
+    still = xr.DataArray(np.stack([IMAGE[:, :48]] * 6), dims=("time", "y", "x"))
+    local, _ = xreg.datasets.add_nonrigid_motion(still, max_shift=3, seed=3)
+    local = local.assign_coords(time=np.arange(6) * 0.5)
+    rdd = xspark.to_rdd(local, spark_context, npartitions=2)
+    options = {"method": "piecewise", "block_size": 32, "overlap": 0.5}
+    shifts = xspark.estimate(rdd, IMAGE[:, :48], time=local.time, **options)
+    expected = local.reg.estimate(IMAGE[:, :48], **options)
+    assert shifts.dims == ("time", "block_y", "block_x", "axis")
+    xr.testing.assert_allclose(shifts, expected, atol=1e-9)
+    assert shifts.attrs == {k: v for k, v in expected.attrs.items() if k != "reference_method"}
+    registered = xspark.from_rdd(xspark.apply(rdd, shifts))
+    np.testing.assert_allclose(registered.values, local.reg.apply(expected).values, atol=1e-4)
+    with pytest.raises(XregError, match="whole frames"):
+        xspark.estimate(rdd, IMAGE[:, :48], whole_frame=True, **options)
+    with pytest.raises(XregError, match="block_size"):
+        xspark.estimate(rdd, IMAGE[:, :48], method="piecewise", block_size=4)
 
 
 def test_out_of_order_keys_are_sorted_and_bad_keys_rejected(spark_context):

@@ -143,6 +143,21 @@ METHODS = ("rigid", "piecewise")
 CLIP_PERCENTILES = (1, 99)
 
 
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise XregError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}.")
+
+
+def check_piecewise(frame_shape, block_size, overlap, min_quality) -> None:
+    """Raise if the piecewise options cannot work on frames of ``frame_shape``."""
+    core.block_grid(frame_shape, block_size, overlap)
+    if not 0 <= min_quality <= 1:
+        raise XregError(
+            "`min_quality` is a correlation peak between 0 and 1 (blocks below it take "
+            f"the rigid displacement); got {min_quality!r}."
+        )
+
+
 def estimate(
     da: xr.DataArray,
     reference=None,
@@ -165,18 +180,12 @@ def estimate(
     border window): thunder-registration's CrossCorr, for the model API.
     """
     spatial = frame_dims(da, dim)
-    if method not in METHODS:
-        raise XregError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}.")
+    check_method(method)
     if smooth is not None and (not isinstance(smooth, int | np.integer) or smooth < 1):
         raise XregError(f"`smooth` must be a whole number of frames >= 1; got {smooth!r}.")
     if method == "piecewise":
         # Checked before any work (building a reference can take a while).
-        core.block_grid(tuple(da.sizes[d] for d in spatial), block_size, overlap)
-        if not 0 <= min_quality <= 1:
-            raise XregError(
-                "`min_quality` is a correlation peak between 0 and 1 (blocks below it take "
-                f"the rigid displacement); got {min_quality!r}."
-            )
+        check_piecewise(tuple(da.sizes[d] for d in spatial), block_size, overlap, min_quality)
     attrs = {}
     if reference is None:
         reference = build_reference(da, dim=dim, max_shift=max_shift, clip=clip)
@@ -190,13 +199,12 @@ def estimate(
         plan = core.prepare_piecewise(
             reference, block_size=block_size, overlap=overlap, max_shift=max_shift, clip=bounds
         )
-        grid_shape = plan.grid.grid_shape
         values = _per_frame(
             da,
             dim,
             spatial,
             _estimate_piecewise_chunk,
-            (ndim + 1) * (1 + int(np.prod(grid_shape))),
+            (ndim + 1) * (1 + int(np.prod(plan.grid.grid_shape))),
             plan=plan,
             upsample_factor=upsample_factor,
             min_quality=min_quality,
@@ -207,18 +215,32 @@ def estimate(
         values = _per_frame(
             da, dim, spatial, _estimate_chunk, ndim + 1, plan=plan, upsample_factor=upsample_factor
         )
-    shifts, quality = values[:, :ndim], values[:, ndim]
-    bad = core.flag_bad_frames(quality, bad_frame_threshold)
     attrs.update(
         estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
     )
+    return displacements(
+        values, plan, time_coords(da, dim), dim, spatial, attrs, smooth, min_quality
+    )
+
+
+def displacements(values, plan, labels, dim, spatial, attrs, smooth=None, min_quality=None):
+    """The displacement DataArray from the per-frame table the estimate chunks return.
+
+    ``plan`` is the rigid plan or a piecewise plan (then ``values`` holds the rigid
+    columns, then each block's); ``attrs`` from :func:`estimate_attrs`; bad frames are
+    flagged at ``attrs["bad_frame_threshold"]`` and left out of the ``smooth`` median.
+    """
+    ndim = len(spatial)
+    shifts, quality = values[:, :ndim], values[:, ndim]
+    bad = core.flag_bad_frames(quality, attrs["bad_frame_threshold"])
+    attrs = dict(attrs)
     if smooth:
         shifts = core.rolling_median(shifts, int(smooth), bad)
         attrs["smooth"] = int(smooth)
-    rigid = displacement_array(shifts, quality, time_coords(da, dim), dim, spatial, attrs, bad)
-    if method == "rigid":
+    rigid = displacement_array(shifts, quality, labels, dim, spatial, attrs, bad)
+    if not isinstance(plan, core.PiecewisePlan):
         return rigid
-    blocks = values[:, ndim + 1 :].reshape((len(values),) + grid_shape + (ndim + 1,))
+    blocks = values[:, ndim + 1 :].reshape((len(values),) + plan.grid.grid_shape + (ndim + 1,))
     block_shifts = blocks[..., :ndim]
     if smooth:
         flat = block_shifts.reshape(len(values), -1)
@@ -253,6 +275,13 @@ def piecewise_array(block_shifts, block_quality, rigid, grid, spatial, min_quali
     )
     return xr.DataArray(
         block_shifts, dims=(dim, *blocks, AXIS), coords=coords, name=DISPLACEMENT, attrs=attrs
+    )
+
+
+def is_piecewise(shifts) -> bool:
+    """Whether ``shifts`` are piecewise displacements (a DataArray with block dims)."""
+    return isinstance(shifts, xr.DataArray) and any(
+        str(d).startswith("block_") for d in shifts.dims
     )
 
 
@@ -406,9 +435,7 @@ def apply(
             f"`bad_frames` must be one of {', '.join(BAD_FRAME_CHOICES)}; got {bad_frames!r}."
         )
     core.check_interpolation(order, mode)
-    piecewise = isinstance(shifts, xr.DataArray) and any(
-        str(d).startswith("block_") for d in shifts.dims
-    )
+    piecewise = is_piecewise(shifts)
     blocks = block_dims(spatial) if piecewise else []
     values = shifts_array(shifts, da, dim, spatial, blocks)
     if bad_frames != "apply" and isinstance(shifts, xr.DataArray) and BAD_FRAME in shifts.coords:

@@ -202,6 +202,10 @@ def estimate(
     time=None,
     bad_frame_threshold: float = 6.0,
     clip=_xarray.CLIP_PERCENTILES,
+    method: str = "rigid",
+    block_size=(128, 128),
+    overlap: float = 0.5,
+    min_quality: float = 0.3,
 ) -> xr.DataArray:
     """Displacements of an RDD's frames, computed on the executors.
 
@@ -219,29 +223,51 @@ def estimate(
     whole_frame : bool, default False
         Correlate whole frames circularly (thunder's CrossCorr).
     axis : int, optional
-        Register each plane along this axis of volume frames on its own.
+        Register each plane along this axis of volume frames on its own (rigid only).
     time : array-like, optional
         Values for the ``time`` coordinate (default: the frame index).
     bad_frame_threshold : float, default 6.0
         As in :meth:`~xreg.accessor.RegAccessor.estimate`.
     clip : (float, float) or None, default (1, 99)
         As in :meth:`~xreg.accessor.RegAccessor.estimate` (per plane with ``axis``).
+    method, block_size, overlap, min_quality
+        As in :meth:`~xreg.accessor.RegAccessor.estimate`: ``method="piecewise"``
+        gives one displacement per block, for :func:`apply` to warp by.
 
     Returns
     -------
     xarray.DataArray
-        ``displacement``, dims ``(time, axis)`` (per plane: ``(time, plane, axis)``).
+        ``displacement``, dims ``(time, axis)`` (per plane: ``(time, plane, axis)``;
+        piecewise: ``(time, block_y, block_x, axis)``, as the accessor's).
     """
     reference = np.asarray(reference.values if isinstance(reference, xr.DataArray) else reference)
     if reference.ndim not in (2, 3):
         raise XregError(f"The reference must be one 2-D or 3-D frame; got shape {reference.shape}.")
-    planes = [reference] if axis is None else list(np.moveaxis(reference, axis, 0))
-    plans = rdd.context.broadcast(
-        [
-            _xarray.make_plan(plane, max_shift, whole_frame, core.clip_bounds(plane, clip))
-            for plane in planes
-        ]
-    )
+    _xarray.check_method(method)
+    piecewise = method == "piecewise"
+    if piecewise:
+        if axis is not None or whole_frame:
+            raise XregError(
+                "Piecewise registration takes whole frames (3-D blocks for volumes); "
+                "drop `axis` and `whole_frame`."
+            )
+        _xarray.check_piecewise(reference.shape, block_size, overlap, min_quality)
+        plan = core.prepare_piecewise(
+            reference,
+            block_size=block_size,
+            overlap=overlap,
+            max_shift=max_shift,
+            clip=core.clip_bounds(reference, clip),
+        )
+        plans = rdd.context.broadcast([plan])
+    else:
+        planes = [reference] if axis is None else list(np.moveaxis(reference, axis, 0))
+        plans = rdd.context.broadcast(
+            [
+                _xarray.make_plan(plane, max_shift, whole_frame, core.clip_bounds(plane, clip))
+                for plane in planes
+            ]
+        )
 
     def run(records):
         records = list(records)
@@ -254,35 +280,46 @@ def estimate(
                 f"Frames of shape {frames.shape[1:]} do not match the reference's "
                 f"{reference.shape}."
             )
-        if axis is not None:
-            frames = np.moveaxis(frames, axis + 1, 1)
-        rows = np.stack(
-            [
-                core.estimate_shifts(
-                    frames[:, p] if axis is not None else frames,
-                    plan,
-                    upsample_factor=upsample_factor,
-                    workers=1,
-                )
-                for p, plan in enumerate(plans.value)
-            ],
-            axis=1,
-        )
+        if piecewise:
+            rows = _xarray._estimate_piecewise_chunk(
+                frames,
+                plan=plans.value[0],
+                upsample_factor=upsample_factor,
+                min_quality=min_quality,
+                workers=1,
+            )[:, None]
+        else:
+            if axis is not None:
+                frames = np.moveaxis(frames, axis + 1, 1)
+            rows = np.stack(
+                [
+                    core.estimate_shifts(
+                        frames[:, p] if axis is not None else frames,
+                        plan,
+                        upsample_factor=upsample_factor,
+                        workers=1,
+                    )
+                    for p, plan in enumerate(plans.value)
+                ],
+                axis=1,
+            )
         yield from zip(keys, rows, strict=True)
 
     results = rdd.mapPartitions(run).collect()
     order = _ordered([k for k, _ in results])
-    table = np.stack([results[i][1] for i in order])  # (n, planes, ndim + 1)
+    table = np.stack([results[i][1] for i in order])  # (n, planes, columns)
     n = len(table)
     labels = {"time": np.arange(n) if time is None else np.asarray(time)}
-    spatial = ("y", "x") if planes[0].ndim == 2 else ("z", "y", "x")
+    spatial = ("y", "x") if reference.ndim - (axis is not None) == 2 else ("z", "y", "x")
+    plan = plans.value[0]
+    rigid_plan = plan.rigid if piecewise else plan
     attrs = _xarray.estimate_attrs(
-        plans.value[0], upsample_factor, whole_frame, bad_frame_threshold, clip
+        rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip
     )
     plans.unpersist()
     if axis is None:
-        return _xarray.displacement_array(
-            table[:, 0, :-1], table[:, 0, -1], labels, "time", spatial, attrs
+        return _xarray.displacements(
+            table[:, 0], plan, labels, "time", spatial, attrs, min_quality=min_quality
         )
     plane_dim = ("z", "y", "x")[axis]
     in_plane = [d for d in ("z", "y", "x") if d != plane_dim]
@@ -315,7 +352,9 @@ def apply(
     rdd : pyspark.RDD
         Records ``((i,), frame)``.
     shifts : xarray.DataArray or array-like
-        Displacements in frame order, ``(n, ndim)`` (per plane ``(n, planes, 2)``).
+        Displacements in frame order, ``(n, ndim)`` (per plane ``(n, planes, 2)``), or
+        the piecewise displacements :func:`estimate` returns (each frame is warped by
+        its field, as :meth:`xreg.accessor.RegAccessor.apply` does).
     order, mode
         As in :meth:`xreg.accessor.RegAccessor.apply`.
     axis : int, optional
@@ -327,6 +366,7 @@ def apply(
         Records with the same keys and registered frames of the same dtype.
     """
     core.check_interpolation(order, mode)
+    grid = _xarray.grid_of(shifts) if _xarray.is_piecewise(shifts) else None
     if isinstance(shifts, xr.DataArray):
         shifts = shifts.values
     table = rdd.context.broadcast(np.asarray(shifts, dtype=np.float64))
@@ -340,7 +380,17 @@ def apply(
                 )
             frame = np.asarray(frame)
             shift = table.value[index]
-            if axis is None:
+            if grid is not None:
+                if frame.shape != grid.shape:
+                    raise XregError(
+                        f"These block shifts were estimated on frames of shape {grid.shape}; "
+                        f"frame {key!r} is {frame.shape}."
+                    )
+                yield (
+                    key,
+                    core.warp_frames(frame[None], shift[None], grid, order=order, mode=mode)[0],
+                )
+            elif axis is None:
                 yield key, core.shift_frames(frame[None], shift[None], order=order, mode=mode)[0]
             else:
                 planes = np.moveaxis(frame, axis, 0)

@@ -103,6 +103,31 @@ def test_volumes_with_3d_blocks():
     assert movie.reg.apply(shifts).shape == movie.shape
 
 
+def test_volumes_plane_by_plane():
+    """Planes imaged at different moments move on their own: 2-D blocks per plane,
+    with plain xarray around the accessor."""
+    planes = [nonrigid_movie(n=4, seed=seed) for seed in (1, 2)]  # as the 2-D test above
+    movie = xr.concat([moved for moved, _, _ in planes], dim="z").transpose("time", "z", ...)
+    reference = xr.DataArray(np.stack([ref for _, ref, _ in planes]), dims=("z", "y", "x"))
+    shifts = xr.concat(
+        [
+            movie.isel(z=z).reg.estimate(reference.isel(z=z), method="piecewise", block_size=64)
+            for z in range(2)
+        ],
+        dim="z",
+    )
+    assert shifts.dims == ("z", "time", "block_y", "block_x", "axis")
+    for z, (_, _, fields) in enumerate(planes):
+        cy = np.rint(shifts.block_y.values).astype(int)
+        cx = np.rint(shifts.block_x.values).astype(int)
+        truth = np.moveaxis(fields[:, :, cy][:, :, :, cx], 1, -1)
+        assert np.sqrt(np.mean((shifts.isel(z=z).values - truth) ** 2)) < 0.2
+    fixed = xr.concat(
+        [movie.isel(z=z).reg.apply(shifts.isel(z=z)) for z in range(2)], dim="z"
+    ).transpose(*movie.dims)
+    assert fixed.dims == movie.dims and fixed.shape == movie.shape
+
+
 def test_bad_input():
     movie = xr.DataArray(np.zeros((2, 64, 64)), dims=("time", "y", "x"))
     image = smooth_image((64, 64))

@@ -195,6 +195,24 @@ def test_warp_matches_scipy_on_a_varying_field(order, mode, shape):
         np.testing.assert_allclose(moved, expected, atol=2e-5)
 
 
+def test_warp_of_a_frame_too_large_for_float32_indices():
+    """Past 2**24 pixels a float32 flat index would round to a neighbouring pixel."""
+    from xreg.core import block_grid, displacement_field, warp_frames
+
+    shape = (4099, 4101)  # odd row length: a rounded index lands on the wrong pixel
+    rng = np.random.default_rng(4)
+    frame = rng.random(shape, dtype=np.float32)
+    grid = block_grid(shape, 1024, 0.5)
+    blocks = rng.uniform(-2, 2, (1,) + grid.grid_shape + (2,))
+    moved = warp_frames(frame[None], blocks, grid)[0]
+    band = slice(4000, None)  # where the flat index passes 2**24
+    field = displacement_field(blocks, grid)[0][:, band]
+    coords = np.indices(shape)[:, band] + field
+    expected = ndimage.map_coordinates(frame, coords, order=1, mode="nearest")
+    # Positions are float32: their fractions are good to the spacing of float32 there.
+    np.testing.assert_allclose(moved[band], expected, atol=np.spacing(np.float32(max(shape))))
+
+
 def test_warp_leaves_frames_with_unknown_shifts_unchanged():
     from xreg.core import block_grid, warp_frames
 

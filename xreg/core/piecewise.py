@@ -338,7 +338,7 @@ def _warp_frame(frame, values, matrices, order, mode, cval):
     # The field along every axis but the first, once; each step then needs one matmul.
     partial = _interpolate(values, matrices[1:]).reshape(len(shape), values.shape[1], -1)
     # The flat index is summed in floating point, where the whole parts of the positions
-    # already are (one conversion to integers at the end); exact below 2**24.
+    # already are (one conversion to integers at the end): float32 is exact below 2**24.
     index_dtype = np.float32 if flat.size < 2**24 and frame.dtype == np.float32 else np.float64
     out = np.empty(shape, frame.dtype)
     for start in range(0, shape[0], rows):
@@ -353,7 +353,7 @@ def _warp_frame(frame, values, matrices, order, mode, cval):
             positions[axis] += grid.reshape((-1,) + (1,) * (len(shape) - axis - 1))
             if order == 0:
                 positions[axis] += 0.5
-            lower = np.floor(positions[axis])
+            lower = np.floor(positions[axis], dtype=index_dtype)
             positions[axis] -= lower
             lower *= stride
             index += lower

@@ -121,7 +121,7 @@ class RegAccessor:
             Piecewise only: block size in pixels per axis.
         overlap : float, default 0.5
             Piecewise only: fraction of a block shared with its neighbour.  Less
-            overlap means fewer blocks: faster (0.25: about 1.4-1.5 x on 512 x 512
+            overlap means fewer blocks: faster (0.25: about 1.4 x on 512 x 512
             frames) for a coarser displacement field.
         min_quality : float, default 0.3
             Piecewise only: a block whose correlation peak is weaker than this

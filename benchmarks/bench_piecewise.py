@@ -69,16 +69,9 @@ def compare(movie, field, reference, target, args):
         )
         return shifts, movie.reg.apply(shifts).compute()
 
-    paths = {"xreg rigid": rigid, "xreg piecewise": piecewise}
-    seconds = {name: [] for name in paths}
-    registered = {}
-    # Best of a few, the paths taking turns, so that a slow spell of the machine hits both.
-    for _ in range(args.repeat):
-        for name, run in paths.items():
-            start = time.perf_counter()
-            shifts, registered[name] = run()  # the piecewise shifts are the ones kept
-            seconds[name].append(time.perf_counter() - start)
-    rows = {name: (min(seconds[name]), registered[name]) for name in paths}
+    best, results = best_in_turns({"xreg rigid": rigid, "xreg piecewise": piecewise}, args)
+    rows = {name: (best[name], registered) for name, (_, registered) in results.items()}
+    shifts = results["xreg piecewise"][0]
     print(f"piecewise block RMS error at block centres: {block_rms(shifts, field):.3f} px")
     if args.suite2p:
         for name, seconds, registered in suite2p_rows(args.suite2p, movie, reference):
@@ -104,6 +97,19 @@ def compare(movie, field, reference, target, args):
     print()
 
 
+def best_in_turns(steps, args):
+    """Each step's best time of ``args.repeat`` runs, the steps taking turns so that a
+    slow spell of the machine hits all alike, and each step's last result."""
+    seconds = {name: [] for name in steps}
+    results = {}
+    for _ in range(args.repeat):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            results[name] = step()
+            seconds[name].append(time.perf_counter() - start)
+    return {name: min(times) for name, times in seconds.items()}, results
+
+
 def bound_rates(frames, shifts, reference, args):
     """Frames/s, on numpy with 2 threads, of xreg's rigid path (estimate + apply) and of
     the part of the piecewise path that no implementation can skip: the same rigid
@@ -116,9 +122,7 @@ def bound_rates(frames, shifts, reference, args):
         overlap=args.overlap,
         clip=xreg.core.clip_bounds(reference, (1, 99)),
     )
-    grid, ids = plan.grid, np.asarray(plan.block_ids)
-    index = np.unravel_index(ids, grid.grid_shape)
-    starts = [np.asarray(s)[i] for s, i in zip(grid.starts, index, strict=True)]
+    grid, starts = plan.grid, plan.block_origins
     windows = np.lib.stride_tricks.sliding_window_view(frames, grid.block_size, axis=(1, 2))
     blocks = windows[:, starts[0], starts[1]]  # (frames, blocks, *block_size), cut once
     rigid = xreg.core.estimate_shifts(frames, plan.rigid)[:, :2]
@@ -137,13 +141,7 @@ def bound_rates(frames, shifts, reference, args):
                 pool.map(lambda h: xreg.core.warp_frames(frames[h], shifts[h], grid), halves)
             ),
         }
-        seconds = {name: [] for name in steps}
-        for _ in range(args.repeat):  # interleaved, so that a slow spell hits all alike
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                seconds[name].append(time.perf_counter() - start)
-    best = {name: min(times) for name, times in seconds.items()}
+        best, _ = best_in_turns(steps, args)
     rigid_path = best["rigid estimate"] + best["rigid apply"]
     floor = best["rigid estimate"] + best["block FFTs"] + best["warp"]
     return n / rigid_path, n / floor

@@ -102,6 +102,12 @@ class PiecewisePlan:
     blocks: ReferencePlan | None  # stacked (see stack_plans); None if no block has contrast
     block_ids: tuple[int, ...]  # flat grid index of each stacked block
 
+    @property
+    def block_origins(self) -> list[np.ndarray]:
+        """Per axis, the first pixel of each stacked block (in ``block_ids`` order)."""
+        index = np.unravel_index(np.asarray(self.block_ids, dtype=int), self.grid.grid_shape)
+        return [np.asarray(s)[i] for s, i in zip(self.grid.starts, index, strict=True)]
+
 
 def _block_slices(grid: BlockGrid, index: tuple[int, ...], offset=None):
     offset = (0,) * len(index) if offset is None else offset
@@ -190,9 +196,7 @@ def estimate_piecewise(
     ndim = plan.rigid.ndim
     rigid = np.zeros((len(frames), ndim + 1))
     out = np.zeros((len(frames), int(np.prod(plan.grid.grid_shape)), ndim + 1))
-    if plan.blocks is not None:
-        index = np.unravel_index(np.asarray(plan.block_ids), plan.grid.grid_shape)
-        starts = [np.asarray(s)[i] for s, i in zip(plan.grid.starts, index, strict=True)]
+    starts = plan.block_origins
 
     def run(chunk):
         rigid[chunk] = estimate_shifts(

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ._xarray import CLIP_PERCENTILES
+from .core import check_percentiles
 from .errors import XregError
 
 EXIT_BAD_INPUT = 2
@@ -33,14 +34,11 @@ def _percentiles(text: str) -> tuple[float, float] | None:
     if text.strip().lower() == "none":
         return None
     try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        low = high = None
-    if low is None or not 0 <= low < high <= 100:
+        return check_percentiles(text.split(","))
+    except XregError:
         raise argparse.ArgumentTypeError(
             f"expected two percentiles LOW,HIGH with 0 <= LOW < HIGH <= 100, or none; got {text!r}"
-        )
-    return low, high
+        ) from None
 
 
 def _parser() -> argparse.ArgumentParser:

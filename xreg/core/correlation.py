@@ -34,6 +34,7 @@ from ..errors import XregError
 
 __all__ = [
     "ReferencePlan",
+    "check_percentiles",
     "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
@@ -70,6 +71,28 @@ def default_max_shift(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(min(max(math.ceil(0.1 * n), 8), (n - 1) // 2) for n in shape)
 
 
+def check_percentiles(percentiles) -> tuple[float, float] | None:
+    """``percentiles`` as two floats ``0 <= low < high <= 100``, or None.
+
+    Raises
+    ------
+    XregError
+        If they are anything else.
+    """
+    if percentiles is None:
+        return None
+    try:
+        low, high = (float(p) for p in percentiles)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not 0 <= low < high <= 100:
+        raise XregError(
+            "`clip` must be two percentiles of the reference, 0 <= low < high <= 100, "
+            f"or None; got {percentiles!r}."
+        )
+    return low, high
+
+
 def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | None:
     """The reference's intensities at two percentiles: bounds for ``clip``.
 
@@ -86,18 +109,10 @@ def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | Non
         None if ``percentiles`` is None, or if both bounds coincide (a reference
         mostly at one value would be clipped flat).
     """
+    percentiles = check_percentiles(percentiles)
     if percentiles is None:
         return None
-    try:
-        low, high = (float(p) for p in percentiles)
-    except (TypeError, ValueError):
-        low = high = None
-    if low is None or not 0 <= low < high <= 100:
-        raise XregError(
-            "`clip` must be two percentiles of the reference, 0 <= low < high <= 100, "
-            f"or None; got {percentiles!r}."
-        )
-    bounds = np.nanpercentile(reference, [low, high])
+    bounds = np.nanpercentile(reference, percentiles)
     return None if bounds[0] == bounds[1] else (float(bounds[0]), float(bounds[1]))
 
 

@@ -6,7 +6,7 @@ from collections.abc import Hashable
 
 import xarray as xr
 
-from . import _xarray
+from . import _metrics, _xarray
 
 
 @xr.register_dataarray_accessor("reg")
@@ -265,3 +265,61 @@ class RegAccessor:
         ('axis', 'y', 'x')
         """
         return _xarray.field(self._obj)
+
+    def metrics(self, registered=None, *, border=None, dim: Hashable = "time") -> xr.Dataset:
+        """How good a registration is, as NoRMCorre reports it, for this movie and its
+        registered versions.
+
+        Parameters
+        ----------
+        registered : xarray.DataArray or dict of str to DataArray, optional
+            The registered movie (``movie.reg.apply(shifts)``), named ``"registered"``,
+            or several by name, e.g. ``{"rigid": fixed, "piecewise": fixed_pw}``.
+            Same dims and sizes as this movie.
+        border : int or sequence of int, optional
+            Pixels left out at each edge of every axis, where registration moves in
+            filler (default: the estimator's default ``max_shift``, 10 % of each axis,
+            at least 8 px).
+        dim : hashable, default "time"
+            The frame dim.
+
+        Returns
+        -------
+        xarray.Dataset
+            Dim ``version`` = ``["raw", *names]``: ``crispness`` (version), the norm of
+            the gradient of the mean image (higher is sharper); ``correlation``
+            (version, time), each frame's Pearson correlation with its version's mean
+            image (higher and steadier is better); ``mean_image`` (version, y, x).
+            Computed; a Dask-backed movie is read twice (the means, then the
+            correlations).
+
+        Raises
+        ------
+        XregError
+            If a registered version does not match the movie, or ``border`` leaves
+            nothing.
+
+        Notes
+        -----
+        Crispness is the Frobenius norm of the gradient magnitude of the mean image
+        [1]_ (CaImAn's ``compute_metrics``, there called smoothness); a registration
+        that aligns the frames makes the mean sharper and each frame more like it.
+        Compare values on the same movie only: crispness scales with brightness.
+
+        References
+        ----------
+        .. [1] E. A. Pnevmatikakis and A. Giovannucci, "NoRMCorre: An online algorithm
+           for piecewise rigid motion correction of calcium imaging data", J. Neurosci.
+           Methods 291, 83-94 (2017), :doi:`10.1016/j.jneumeth.2017.07.031`.
+
+        Examples
+        --------
+        >>> import xreg
+        >>> movie, truth = xreg.datasets.add_motion(xreg.datasets.mouse(n_frames=40), seed=0)
+        >>> scores = movie.reg.metrics(movie.reg.apply(truth))
+        >>> scores.version.values.tolist()
+        ['raw', 'registered']
+        >>> bool(scores.crispness.sel(version="registered") > scores.crispness.sel(version="raw"))
+        True
+        """
+        return _metrics.metrics(self._obj, registered, border=border, dim=dim)

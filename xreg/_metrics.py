@@ -1,0 +1,119 @@
+"""Glue for registration metrics: crop, means, per-frame correlations, as a Dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import dask
+import numpy as np
+import xarray as xr
+
+from . import _xarray, core
+from .core.metrics import crispness, frame_correlation
+from .errors import XregError
+
+RAW = "raw"
+VERSION = "version"
+
+
+def _versions(movie, registered, dim, spatial) -> dict:
+    """``{"raw": movie, name: registered movie, ...}``, each checked against the movie."""
+    if registered is None:
+        named = {}
+    elif isinstance(registered, xr.DataArray):
+        named = {"registered": registered}
+    elif isinstance(registered, Mapping):
+        named = dict(registered)
+    else:
+        raise XregError(
+            "`registered` must be a DataArray (`movie.reg.apply(shifts)`) or a dict of them, "
+            f"e.g. {{'rigid': fixed, 'piecewise': fixed_pw}}; got {type(registered).__name__}."
+        )
+    for name, other in named.items():
+        if not isinstance(name, str) or name == RAW:
+            raise XregError(
+                f"Registered versions are named by strings other than {RAW!r}; got {name!r}."
+            )
+        if (
+            not isinstance(other, xr.DataArray)
+            or _xarray.frame_dims(other, dim) != spatial
+            or other.sizes != movie.sizes
+        ):
+            raise XregError(
+                f"Registered version {name!r} must have the movie's dims and sizes "
+                f"{dict(movie.sizes)}; got {dict(getattr(other, 'sizes', {}))}."
+            )
+    return {RAW: movie} | named
+
+
+def _border(border, frame_shape) -> tuple[int, ...]:
+    if border is None:
+        return core.default_max_shift(frame_shape)
+    values = np.broadcast_to(np.asarray(border), (len(frame_shape),))
+    if (
+        values.dtype.kind not in "iu"
+        or (values < 0).any()
+        or (2 * values >= np.asarray(frame_shape)).any()
+    ):
+        raise XregError(
+            f"`border` must be whole pixels >= 0 per axis leaving part of each frame "
+            f"{frame_shape}; got {border!r}."
+        )
+    return tuple(int(b) for b in values)
+
+
+def metrics(
+    movie: xr.DataArray,
+    registered=None,
+    *,
+    border=None,
+    dim: Hashable = "time",
+) -> xr.Dataset:
+    """See :meth:`xreg.accessor.RegAccessor.metrics`."""
+    spatial = _xarray.frame_dims(movie, dim)
+    versions = _versions(movie, registered, dim, spatial)
+    border = _border(border, tuple(movie.sizes[d] for d in spatial))
+    inner = {d: slice(b, movie.sizes[d] - b) for d, b in zip(spatial, border, strict=True)}
+    cropped = {name: da.isel(inner).transpose(dim, *spatial) for name, da in versions.items()}
+    # First pass: the means (reductions; Dask shares the reads of a common source).
+    means = dask.compute(*[da.mean(dim) for da in cropped.values()])
+    # Second pass: each frame against its version's mean.
+    correlations = dask.compute(
+        *[
+            xr.apply_ufunc(
+                frame_correlation,
+                da,
+                mean.values,
+                input_core_dims=[list(spatial), list(spatial)],
+                dask="parallelized",
+                output_dtypes=[np.float64],
+                keep_attrs=False,
+            )
+            for da, mean in zip(cropped.values(), means, strict=True)
+        ]
+    )
+    names = list(versions)
+    units = movie.attrs.get("units")
+    return xr.Dataset(
+        {
+            "crispness": (
+                VERSION,
+                [crispness(mean.values) for mean in means],
+                {
+                    "long_name": "crispness of the mean image (norm of its gradient)",
+                    **({"units": f"{units} / pixel"} if units else {}),
+                },
+            ),
+            "correlation": xr.concat(
+                [c.drop_vars(list(spatial), errors="ignore") for c in correlations], VERSION
+            ).assign_attrs(long_name="correlation of each frame with the mean image"),
+            "mean_image": xr.concat(list(means), VERSION).assign_attrs(
+                long_name="mean image", **({"units": units} if units else {})
+            ),
+        },
+        coords={VERSION: names},
+        attrs={
+            "border": list(border),
+            "reference": "NoRMCorre (Pnevmatikakis & Giovannucci, 2017)",
+        },
+    )

@@ -6,7 +6,7 @@ Importing xreg registers the ``.reg`` accessor on :class:`xarray.DataArray`::
     fixed = movie.reg.apply(shifts)
 """
 
-from . import datasets
+from . import datasets, plot
 from .accessor import RegAccessor
 from .errors import XregError
 from .model import CrossCorr, Displacement, LocalDisplacement, RegistrationModel
@@ -19,5 +19,6 @@ __all__ = [
     "RegistrationModel",
     "XregError",
     "datasets",
+    "plot",
 ]
 __version__ = "0.1.0"

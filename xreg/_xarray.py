@@ -13,6 +13,7 @@ import xarray as xr
 from threadpoolctl import threadpool_limits
 
 from . import core
+from ._displacement import DisplacementArray
 from .errors import XregError
 
 AXIS = "axis"
@@ -273,7 +274,7 @@ def piecewise_array(block_shifts, block_quality, rigid, grid, spatial, min_quali
             "min_quality": float(min_quality),
         }
     )
-    return xr.DataArray(
+    return DisplacementArray(
         block_shifts, dims=(dim, *blocks, AXIS), coords=coords, name=DISPLACEMENT, attrs=attrs
     )
 
@@ -338,7 +339,8 @@ def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -
     if bad is None:
         bad = core.flag_bad_frames(quality, attrs.get("bad_frame_threshold", 6.0))
     coords[BAD_FRAME] = (dim, np.asarray(bad))
-    return xr.DataArray(
+    # A DataArray whose .plot() draws lines over time (xreg.plot); otherwise plain.
+    return DisplacementArray(
         np.asarray(shifts, dtype=np.float64),
         dims=(dim, AXIS),
         coords=coords,

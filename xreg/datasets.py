@@ -91,7 +91,7 @@ def _movie(scene: _Scene, n_frames: int, chunks: int | None, name: str) -> xr.Da
     return xr.DataArray(
         data,
         dims=("time",) + spatial,
-        coords={"time": np.arange(n_frames) / FRAME_RATE},
+        coords={"time": ("time", np.arange(n_frames) / FRAME_RATE, {"units": "s"})},
         name=name,
         attrs={"long_name": "fluorescence", "units": "photons", "source": "xreg.datasets"},
     )

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from . import _xarray
+from ._displacement import DisplacementArray
 from .errors import XregError
 
 __all__ = [
@@ -246,11 +247,12 @@ def read_displacement(path) -> xr.DataArray:
             coords={"time": table.index.values, _xarray.AXIS: list(table.columns)},
             name=_xarray.DISPLACEMENT,
         )
-        return shifts.assign_coords({_xarray.QUALITY: ("time", quality.values)})
+        return DisplacementArray(shifts.assign_coords({_xarray.QUALITY: ("time", quality.values)}))
     engine = "zarr" if _is_zarr(path) else None
     with _zarr_quietly(), xr.open_dataset(path, engine=engine) as dataset:
         shifts = dataset[_xarray.DISPLACEMENT].load()
-    return shifts.assign_coords({_xarray.AXIS: [str(a) for a in shifts[_xarray.AXIS].values]})
+    axes = [str(a) for a in shifts[_xarray.AXIS].values]
+    return DisplacementArray(shifts.assign_coords({_xarray.AXIS: axes}))  # .plot() draws lines
 
 
 # ----------------------------------------------------------------------------- resumable runs

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from . import core
+from . import core, validate
 from ._displacement import DisplacementArray
 from .errors import XregError
 
@@ -139,24 +139,9 @@ def _per_frame(da, dim, spatial, function, width, **kwargs) -> np.ndarray:
     return result.values
 
 
-METHODS = ("rigid", "piecewise")
+METHODS = validate.METHODS
 # Reference percentiles that frames and reference are clipped to by default (suite2p's).
 CLIP_PERCENTILES = (1, 99)
-
-
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise XregError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}.")
-
-
-def check_piecewise(frame_shape, block_size, overlap, min_quality) -> None:
-    """Raise if the piecewise options cannot work on frames of ``frame_shape``."""
-    core.block_grid(frame_shape, block_size, overlap)
-    if not 0 <= min_quality <= 1:
-        raise XregError(
-            "`min_quality` is a correlation peak between 0 and 1 (blocks below it take "
-            f"the rigid displacement); got {min_quality!r}."
-        )
 
 
 def estimate(
@@ -181,12 +166,31 @@ def estimate(
     border window): thunder-registration's CrossCorr, for the model API.
     """
     spatial = frame_dims(da, dim)
-    check_method(method)
-    if smooth is not None and (not isinstance(smooth, int | np.integer) or smooth < 1):
-        raise XregError(f"`smooth` must be a whole number of frames >= 1; got {smooth!r}.")
-    if method == "piecewise":
-        # Checked before any work (building a reference can take a while).
-        check_piecewise(tuple(da.sizes[d] for d in spatial), block_size, overlap, min_quality)
+    # Every option checked before any work (building a reference can take a while).
+    options = validate.estimate_options(
+        tuple(da.sizes[d] for d in spatial),
+        upsample_factor=upsample_factor,
+        max_shift=max_shift,
+        smooth=smooth,
+        bad_frame_threshold=bad_frame_threshold,
+        method=method,
+        block_size=block_size,
+        overlap=overlap,
+        min_quality=min_quality,
+        clip=clip,
+        whole_frame=whole_frame,
+    )
+    (
+        upsample_factor,
+        max_shift,
+        smooth,
+        bad_frame_threshold,
+        method,
+        block_size,
+        overlap,
+        min_quality,
+        clip,
+    ) = (options[k] for k in validate.ESTIMATE_OPTIONS)
     attrs = {}
     if reference is None:
         reference = build_reference(da, dim=dim, max_shift=max_shift, clip=clip)
@@ -417,7 +421,7 @@ def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial, blocks=()) ->
             f"Expected numeric shifts of shape ({n}, {len(spatial)}) (frames, axes); "
             f"got {values.shape} of dtype {values.dtype}."
         )
-    return values.astype(np.float64)
+    return validate.shift_table(values, tuple(da.sizes[d] for d in spatial))
 
 
 def apply(
@@ -432,11 +436,9 @@ def apply(
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.apply`."""
     spatial = frame_dims(da, dim)
-    if bad_frames not in BAD_FRAME_CHOICES:
-        raise XregError(
-            f"`bad_frames` must be one of {', '.join(BAD_FRAME_CHOICES)}; got {bad_frames!r}."
-        )
-    core.check_interpolation(order, mode)
+    bad_frames = validate.choice(bad_frames, "bad_frames", BAD_FRAME_CHOICES)
+    order, mode = validate.interpolation(order, mode)
+    cval = validate.fill_value(cval, da.dtype)
     piecewise = is_piecewise(shifts)
     blocks = block_dims(spatial) if piecewise else []
     values = shifts_array(shifts, da, dim, spatial, blocks)
@@ -446,7 +448,7 @@ def apply(
             values = np.where(bad.reshape((-1,) + (1,) * (values.ndim - 1)), 0.0, values)
         else:
             values = core.fill_from_neighbours(values, bad)
-    kwargs = {"order": int(order), "mode": mode, "cval": cval}
+    kwargs = {"order": order, "mode": mode, "cval": cval}
     if piecewise:
         grid = grid_of(shifts)
         frame_shape = tuple(da.sizes[d] for d in spatial)
@@ -525,16 +527,23 @@ def build_reference(
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.reference`."""
     spatial = frame_dims(da, dim)
-    if int(n_frames) < 1 or int(iterations) < 0:
-        raise XregError(
-            f"`n_frames` must be >= 1 and `iterations` >= 0; got {n_frames} and {iterations}."
-        )
-    index = core.sample_indices(da.sizes[dim], int(n_frames))
+    options = validate.reference_options(
+        tuple(da.sizes[d] for d in spatial),
+        n_frames=n_frames,
+        iterations=iterations,
+        upsample_factor=upsample_factor,
+        max_shift=max_shift,
+        clip=clip,
+    )
+    n_frames, iterations, upsample_factor, max_shift, clip = (
+        options[k] for k in ("n_frames", "iterations", "upsample_factor", "max_shift", "clip")
+    )
+    index = core.sample_indices(da.sizes[dim], n_frames)
     # Only the sampled frames are read (for Dask, only the chunks that hold them).
     sample = np.asarray(da.isel({dim: index}).transpose(dim, *spatial).values)
     image, _ = core.build_reference(
         sample,
-        iterations=int(iterations),
+        iterations=iterations,
         upsample_factor=upsample_factor,
         max_shift=max_shift,
         clip_percentiles=clip,
@@ -547,8 +556,8 @@ def build_reference(
         attrs={
             "method": "iterative",
             "n_frames": len(index),
-            "iterations": int(iterations),
-            "upsample_factor": int(upsample_factor),
+            "iterations": iterations,
+            "upsample_factor": upsample_factor,
             **clip_attrs(clip),
         },
     )

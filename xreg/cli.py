@@ -12,29 +12,45 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import validate
 from ._xarray import CLIP_PERCENTILES
-from .core import check_percentiles
 from .errors import XregError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+def _number(text: str):
+    """A command-line number: an int if it is written as one, else a float, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _checked(check):
+    """An argparse type from a validator: a number from the command line, checked."""
+
+    def convert(text: str):
+        try:
+            return check(_number(text))
+        except XregError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def _positive_int(name: str):
+    return _checked(lambda value: validate.whole(value, name, minimum=1))
 
 
 def _percentiles(text: str) -> tuple[float, float] | None:
     if text.strip().lower() == "none":
         return None
     try:
-        return check_percentiles(text.split(","))
+        return validate.percentiles([_number(part) for part in text.split(",")])
     except XregError:
         raise argparse.ArgumentTypeError(
             f"expected two percentiles LOW,HIGH with 0 <= LOW < HIGH <= 100, or none; got {text!r}"
@@ -58,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--upsample-factor",
-            type=_positive_int,
+            type=_checked(validate.check_upsample_factor),
             default=10,
             help="subpixel precision 1/N px (default 10; 1: whole pixels)",
         )
@@ -71,13 +87,15 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--block-size",
-            type=_positive_int,
+            type=_checked(
+                lambda value: validate.whole(value, "block-size", minimum=validate.MIN_FRAME_SIZE)
+            ),
             default=128,
             help="piecewise: block size in pixels per axis (default 128)",
         )
         sub.add_argument(
             "--overlap",
-            type=float,
+            type=_checked(lambda value: validate.real(value, "overlap", minimum=0, below=1)),
             default=0.5,
             help="piecewise: fraction of a block shared with its neighbour (default 0.5)",
         )
@@ -90,12 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument(
             "--chunk-frames",
-            type=_positive_int,
+            type=_positive_int("chunk-frames"),
             help="frames per chunk (default: the input's chunking)",
         )
         sub.add_argument(
             "--workers",
-            type=_positive_int,
+            type=_positive_int("workers"),
             help="threads (default: all cores); memory grows with it",
         )
         sub.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -126,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         "it with `xreg register`, print the error against the truth and save a plot.",
     )
     demo.add_argument("--output", default="demo-output", help="folder for the files")
-    demo.add_argument("--frames", type=_positive_int, default=400)
+    demo.add_argument("--frames", type=_positive_int("frames"), default=400)
     demo.add_argument("--quiet", action="store_true")
     return parser
 
@@ -158,6 +176,12 @@ def _estimate_options(args) -> dict:
     return options
 
 
+def _check_options(args, movie) -> None:
+    """Every estimate option against the movie's frames, before any work is done."""
+    frame_shape = tuple(size for dim, size in movie.sizes.items() if dim != "time")
+    validate.estimate_options(frame_shape, **_estimate_options(args))
+
+
 def _settings(args) -> dict:
     options = _estimate_options(args)
     if options["clip"] is not None:
@@ -178,6 +202,7 @@ def run_register(args) -> int:
     movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise XregError("OUTPUT is the INPUT; xreg never writes into its input.")
+    _check_options(args, movie)
     n = movie.sizes["time"]
     with _scheduler(args.workers), _progress(2 * n, args.quiet, "estimate+write") as update:
         io.register_to_zarr(
@@ -202,6 +227,7 @@ def run_estimate(args) -> int:
         args.output, overwrite=args.overwrite, blocks=args.method == "piecewise"
     )
     movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
+    _check_options(args, movie)
     with _scheduler(args.workers):
         reference = io.open_reference(args.reference, movie, clip=args.clip)
         shifts = movie.reg.estimate(reference, **_estimate_options(args))

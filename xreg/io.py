@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from . import _xarray
+from . import _xarray, validate
 from ._displacement import DisplacementArray
 from .errors import XregError
 
@@ -61,6 +61,16 @@ def to_zarr(dataset: xr.Dataset, path, **options):
         return dataset.assign(text).to_zarr(path, **options)
 
 
+def _existing(path) -> Path:
+    """``path`` as a Path, if it names something that exists."""
+    if not isinstance(path, str | os.PathLike):
+        raise XregError(f"Expected a path (str or pathlib.Path); got {type(path).__name__}.")
+    path = Path(path)
+    if not path.exists():
+        raise XregError(f"{path}: no such file or directory.")
+    return path
+
+
 def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists()
 
@@ -88,9 +98,9 @@ def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None)
     XregError
         If the file is missing, not a Zarr store or TIFF, or ``var`` is wrong.
     """
-    path = Path(path)
-    if not path.exists():
-        raise XregError(f"{path}: no such file or directory.")
+    if chunk_frames is not None:
+        chunk_frames = validate.whole(chunk_frames, "chunk_frames", minimum=1)
+    path = _existing(path)
     if path.name.lower().endswith(TIFF_SUFFIXES):
         movie = _open_tiff(path)
         chunk_frames = chunk_frames or 64
@@ -186,7 +196,13 @@ def open_reference(
     else:
         with xr.open_dataset(path, engine="zarr" if _is_zarr(path) else None) as dataset:
             image = dataset[next(iter(dataset.data_vars))].values
-    return xr.DataArray(np.squeeze(image), dims=spatial)
+    image = np.squeeze(image)
+    if image.ndim != len(spatial):
+        raise XregError(
+            f"--reference {spec}: holds an array of shape {image.shape}; expected one frame "
+            f"of the movie's {len(spatial)} spatial dims {tuple(spatial)}."
+        )
+    return xr.DataArray(image, dims=spatial)
 
 
 def check_displacement_path(path, *, overwrite: bool = False, blocks: bool = False) -> Path:
@@ -237,9 +253,14 @@ def read_displacement(path) -> xr.DataArray:
     """Read displacements written by :func:`write_displacement` or ``xreg register``."""
     import pandas as pd
 
-    path = Path(path)
+    path = _existing(path)
     if path.suffix == ".csv":
         table = pd.read_csv(path, index_col=0)
+        if _xarray.QUALITY not in table or table.shape[1] < 2:
+            raise XregError(
+                f"{path}: expected the CSV `xreg estimate` writes (time, one column per "
+                f"axis, {_xarray.QUALITY}); got columns {list(table.columns)}."
+            )
         quality = table.pop(_xarray.QUALITY)
         shifts = xr.DataArray(
             table.values,
@@ -250,6 +271,11 @@ def read_displacement(path) -> xr.DataArray:
         return DisplacementArray(shifts.assign_coords({_xarray.QUALITY: ("time", quality.values)}))
     engine = "zarr" if _is_zarr(path) else None
     with _zarr_quietly(), xr.open_dataset(path, engine=engine) as dataset:
+        if _xarray.DISPLACEMENT not in dataset:
+            raise XregError(
+                f"{path} holds no {_xarray.DISPLACEMENT!r} variable; it has "
+                f"{list(dataset.data_vars)}. Read a file `xreg estimate` or `register` wrote."
+            )
         shifts = dataset[_xarray.DISPLACEMENT].load()
     axes = [str(a) for a in shifts[_xarray.AXIS].values]
     return DisplacementArray(shifts.assign_coords({_xarray.AXIS: axes}))  # .plot() draws lines

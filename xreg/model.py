@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from . import _xarray, core
+from . import _xarray, core, validate
 from .errors import XregError
 
 __all__ = ["CrossCorr", "Displacement", "LocalDisplacement", "RegistrationModel"]
@@ -49,6 +49,7 @@ class Displacement:
 
     def apply(self, image, *, order: int = 1, mode: str = "nearest") -> np.ndarray:
         """Move one image back onto the reference."""
+        order, mode = validate.interpolation(order, mode)
         image = np.asarray(image)
         return core.shift_frames(image[None], self.toarray()[None], order=order, mode=mode)[0]
 
@@ -68,6 +69,7 @@ class LocalDisplacement(Displacement):
 
     def apply(self, image, *, order: int = 1, mode: str = "nearest") -> np.ndarray:
         """Move every plane of one volume back by its own displacement."""
+        order, mode = validate.interpolation(order, mode)
         planes = np.moveaxis(np.asarray(image), self.axis, 0)
         moved = core.shift_frames(planes, self.toarray(), order=order, mode=mode)
         return np.moveaxis(moved, 0, self.axis)
@@ -152,7 +154,15 @@ def _as_movie(images):
     """A DataArray view of ``images`` and a function that turns a result back."""
     if isinstance(images, xr.DataArray):
         return images, lambda out: out
-    array = np.asarray(images)
+    if isinstance(images, xr.Dataset):
+        raise XregError("Expected one movie; got a Dataset. Pick its variable, e.g. `ds['movie']`.")
+    try:
+        array = np.asarray(images)
+    except ValueError as error:  # ragged lists of images
+        raise XregError(
+            f"The images do not form one array ({error}). Pass images of one shape, "
+            "stacked: `np.stack(images)`."
+        ) from error
     if array.ndim not in (3, 4):
         raise XregError(
             f"Expected a stack of 2-D or 3-D images, shape (n, y, x) or (n, z, y, x); got "
@@ -199,9 +209,11 @@ class CrossCorr:
     def __init__(
         self, axis: int | None = None, *, upsample_factor: int = 1, windowed: bool = False
     ):
-        self.axis = axis
-        self.upsample_factor = upsample_factor
-        self.windowed = windowed
+        self.axis = None if axis is None else validate.whole(axis, "axis", minimum=0, maximum=2)
+        self.upsample_factor = validate.check_upsample_factor(upsample_factor)
+        if not isinstance(windowed, bool | np.bool_):
+            raise XregError(f"`windowed` must be True or False; got {windowed!r}.")
+        self.windowed = bool(windowed)
 
     def __repr__(self) -> str:
         return f"CrossCorr(axis={self.axis}, upsample_factor={self.upsample_factor})"
@@ -219,7 +231,8 @@ class CrossCorr:
         ----------
         images : numpy.ndarray, xarray.DataArray or pyspark.RDD
             ``(n, *image)`` array, a DataArray with a ``time`` dim, or an RDD of
-            ``(key, image)`` records.
+            ``(key, image)`` records.  (For the labelled API on a numpy stack, wrap
+            it: ``xr.DataArray(images, dims=("time", "y", "x")).reg.estimate(...)``.)
         reference : array-like
             One image of the same shape.
 

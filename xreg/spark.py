@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from . import _xarray, core
+from . import _xarray, core, validate
 from .errors import XregError
 
 try:
@@ -243,15 +243,40 @@ def estimate(
     reference = np.asarray(reference.values if isinstance(reference, xr.DataArray) else reference)
     if reference.ndim not in (2, 3):
         raise XregError(f"The reference must be one 2-D or 3-D frame; got shape {reference.shape}.")
-    _xarray.check_method(method)
+    if axis is not None:
+        axis = validate.whole(axis, "axis", minimum=0, maximum=reference.ndim - 1)
+    if method == "piecewise" and (axis is not None or whole_frame):
+        raise XregError(
+            "Piecewise registration takes whole frames (3-D blocks for volumes); "
+            "drop `axis` and `whole_frame`."
+        )
+    plane_shape = reference.shape if axis is None else np.delete(reference.shape, axis)
+    options = validate.estimate_options(
+        plane_shape,
+        upsample_factor=upsample_factor,
+        max_shift=max_shift,
+        bad_frame_threshold=bad_frame_threshold,
+        method=method,
+        block_size=block_size,
+        overlap=overlap,
+        min_quality=min_quality,
+        clip=clip,
+        whole_frame=whole_frame,
+    )
+    upsample_factor, max_shift, bad_frame_threshold, method, block_size, overlap = (
+        options[k]
+        for k in (
+            "upsample_factor",
+            "max_shift",
+            "bad_frame_threshold",
+            "method",
+            "block_size",
+            "overlap",
+        )
+    )
+    min_quality, clip = options["min_quality"], options["clip"]
     piecewise = method == "piecewise"
     if piecewise:
-        if axis is not None or whole_frame:
-            raise XregError(
-                "Piecewise registration takes whole frames (3-D blocks for volumes); "
-                "drop `axis` and `whole_frame`."
-            )
-        _xarray.check_piecewise(reference.shape, block_size, overlap, min_quality)
         plan = core.prepare_piecewise(
             reference,
             block_size=block_size,
@@ -365,10 +390,18 @@ def apply(
     pyspark.RDD
         Records with the same keys and registered frames of the same dtype.
     """
-    core.check_interpolation(order, mode)
+    order, mode = validate.interpolation(order, mode)
     grid = _xarray.grid_of(shifts) if _xarray.is_piecewise(shifts) else None
     if isinstance(shifts, xr.DataArray):
         shifts = shifts.values
+    shifts = np.asarray(shifts)
+    if shifts.ndim < 2 or shifts.dtype.kind not in "iuf":
+        raise XregError(
+            f"`shifts` must be numeric displacements (frames, [planes or blocks,] axes); "
+            f"got shape {shifts.shape} of dtype {shifts.dtype}."
+        )
+    if grid is not None:
+        shifts = validate.shift_table(shifts, grid.shape)
     table = rdd.context.broadcast(np.asarray(shifts, dtype=np.float64))
 
     def move(records: Iterable):

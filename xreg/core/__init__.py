@@ -5,7 +5,6 @@ Everything here takes and returns numpy arrays with the frame axis first.
 
 from .correlation import (
     ReferencePlan,
-    check_percentiles,
     clip_bounds,
     default_max_shift,
     estimate_shifts,
@@ -14,6 +13,7 @@ from .correlation import (
 from .piecewise import (
     BlockGrid,
     PiecewisePlan,
+    block_counts,
     block_grid,
     displacement_field,
     estimate_piecewise,
@@ -22,20 +22,19 @@ from .piecewise import (
 )
 from .reference import build_reference, sample_indices
 from .series import fill_from_neighbours, flag_bad_frames, rolling_median
-from .shift import MODES, check_interpolation, round_to_dtype, shift_frames
+from .shift import MODES, round_to_dtype, shift_frames
 
 __all__ = [
     "MODES",
     "BlockGrid",
     "PiecewisePlan",
+    "block_counts",
     "block_grid",
-    "check_interpolation",
     "displacement_field",
     "estimate_piecewise",
     "prepare_piecewise",
     "warp_frames",
     "ReferencePlan",
-    "check_percentiles",
     "clip_bounds",
     "build_reference",
     "default_max_shift",

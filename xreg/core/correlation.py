@@ -34,7 +34,6 @@ from ..errors import XregError
 
 __all__ = [
     "ReferencePlan",
-    "check_percentiles",
     "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
@@ -54,6 +53,11 @@ _STENCIL = 2
 # per axis, and is this many times finer than the one before.
 _REFINE_REACH = 2
 _REFINE_RATIO = 4
+# Grid moves per refinement stage, at most.  The first stage starts within half a pixel
+# of the integer peak and walks 0.2 px a move inside +-1 px (8 moves); later stages
+# start within a move of their maximum.  A bound, so no input (a flat or NaN score, or
+# float32 rounding that makes two points trade places) can make the walk go on forever.
+_REFINE_MOVES = 16
 
 
 def default_max_shift(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -71,28 +75,6 @@ def default_max_shift(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(min(max(math.ceil(0.1 * n), 8), (n - 1) // 2) for n in shape)
 
 
-def check_percentiles(percentiles) -> tuple[float, float] | None:
-    """``percentiles`` as two floats ``0 <= low < high <= 100``, or None.
-
-    Raises
-    ------
-    XregError
-        If they are anything else.
-    """
-    if percentiles is None:
-        return None
-    try:
-        low, high = (float(p) for p in percentiles)
-    except (TypeError, ValueError):
-        low = high = None
-    if low is None or not 0 <= low < high <= 100:
-        raise XregError(
-            "`clip` must be two percentiles of the reference, 0 <= low < high <= 100, "
-            f"or None; got {percentiles!r}."
-        )
-    return low, high
-
-
 def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | None:
     """The reference's intensities at two percentiles: bounds for ``clip``.
 
@@ -101,7 +83,8 @@ def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | Non
     reference : numpy.ndarray
         The reference frame.
     percentiles : (float, float) or None
-        Low and high percentile, ``0 <= low < high <= 100``.
+        Low and high percentile, ``0 <= low < high <= 100`` (checked by
+        :func:`xreg.validate.percentiles`).
 
     Returns
     -------
@@ -109,7 +92,6 @@ def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | Non
         None if ``percentiles`` is None, or if both bounds coincide (a reference
         mostly at one value would be clipped flat).
     """
-    percentiles = check_percentiles(percentiles)
     if percentiles is None:
         return None
     bounds = np.nanpercentile(reference, percentiles)
@@ -293,13 +275,13 @@ def prepare_reference(
             "Use a frame or an average with visible structure."
         )
     shape = ref.shape
-    max_shift = _per_axis(max_shift, default_max_shift(shape), shape, "max_shift")
+    max_shift = _per_axis(max_shift, default_max_shift(shape), shape)
     # Searching -h..h must not visit a shift twice (h <= (n - 1) // 2).
     max_shift = tuple(
         min(int(math.ceil(m)), (n - 1) // 2) for m, n in zip(max_shift, shape, strict=True)
     )
     default_margin = tuple(min(m, n // 4) for m, n in zip(max_shift, shape, strict=True))
-    margin = _per_axis(margin, default_margin, shape, "margin")
+    margin = _per_axis(margin, default_margin, shape)
     margin = tuple(int(math.ceil(m)) for m in margin)
     weight = np.ones(shape)
     for axis, (n, m) in enumerate(zip(shape, margin, strict=True)):
@@ -339,19 +321,11 @@ def prepare_reference(
     )
 
 
-def _per_axis(value, default, shape, name):
+def _per_axis(value, default, shape):
+    """``value`` (checked at the boundary: :func:`xreg.validate.max_shift`) per axis."""
     if value is None:
         return default
-    try:
-        values = np.broadcast_to(np.asarray(value, dtype=float), (len(shape),))
-    except ValueError:
-        values = None
-    if values is None or np.any(values < 0) or not np.all(np.isfinite(values)):
-        raise XregError(
-            f"`{name}` must be a non-negative number or one per spatial axis "
-            f"({len(shape)}); got {value!r}."
-        )
-    return tuple(values.tolist())
+    return tuple(np.broadcast_to(np.asarray(value, dtype=float), (len(shape),)).tolist())
 
 
 def _local_energy(weight_spectrum, weight_sum, conj_ref, conj_ref_sq, shape, half):
@@ -423,9 +397,7 @@ def estimate_shifts(
         raise XregError(
             f"Frames of shape {frames.shape[1:]} do not match the reference's {item_shape}."
         )
-    upsample_factor = int(upsample_factor)
-    if upsample_factor < 1:
-        raise XregError(f"`upsample_factor` must be an integer >= 1; got {upsample_factor}.")
+    upsample_factor = int(upsample_factor)  # 1..MAX_UPSAMPLE_FACTOR, checked at the boundary
     items = frames if plan.stacked else frames[:, None]
     out = np.zeros(items.shape[:2] + (plan.ndim + 1,))
     batches = _batches(len(items), int(np.prod(items.shape[1:])))
@@ -653,9 +625,11 @@ def _refine(cross, local_energy, peak, start, shape, upsample_factor):
     times finer until it is 1/upsample_factor.  Where the best point of an item is
     on the edge of its grid, the grid moves there and is evaluated again, so each
     item ends at a local maximum on the 1/upsample_factor lattice (within a pixel
-    of the integer peak).  The local energy is smooth, so it is interpolated between
-    integer shifts from ``local_energy`` (the (2 * _STENCIL + 1)**ndim neighbourhood
-    of the peak) by Lagrange weights.
+    of the integer peak), or after _REFINE_MOVES moves per stage at most: the stages
+    are at most ``log4(upsample_factor / 10) + 2``, so the work is bounded.  The
+    local energy is smooth, so it is interpolated between integer shifts from
+    ``local_energy`` (the (2 * _STENCIL + 1)**ndim neighbourhood of the peak) by
+    Lagrange weights.
     """
     n, ndim = peak.shape
     centre = np.rint(start * upsample_factor).astype(np.int64)  # in 1/upsample_factor units
@@ -665,7 +639,9 @@ def _refine(cross, local_energy, peak, start, shape, upsample_factor):
         grid_units = np.arange(-_REFINE_REACH, _REFINE_REACH + 1) * step
         grid = grid_units / upsample_factor
         todo = slice(None)  # every item at first, then those whose grid moves
-        while centre[todo].size:
+        for _ in range(_REFINE_MOVES):
+            if not centre[todo].size:
+                break
             origin = peak[todo] + centre[todo] / upsample_factor
             numerator = _dft_at(cross[todo], shape, origin, grid)
             offsets = (centre[todo] / upsample_factor)[:, :, None] + grid  # (items, ndim, U)

@@ -17,16 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..errors import XregError
 from .correlation import (
     ReferencePlan,
-    _per_axis,
     estimate_shifts,
     map_threads,
     prepare_reference,
     stack_plans,
 )
-from .shift import SCIPY_MODES, _working_dtype, check_interpolation, round_to_dtype
+from .shift import SCIPY_MODES, _working_dtype, round_to_dtype
 
 # Frames whose blocks are cut and estimated together: enough blocks to amortise the
 # per-call overhead, few enough that a step's arrays stay small (4 x 49 x 128^2: 13 MB).
@@ -35,6 +33,7 @@ _FRAMES_PER_PASS = 4
 __all__ = [
     "BlockGrid",
     "PiecewisePlan",
+    "block_counts",
     "block_grid",
     "displacement_field",
     "estimate_piecewise",
@@ -63,6 +62,14 @@ class BlockGrid:
         )
 
 
+def block_counts(shape, block_size, overlap: float) -> tuple[int, ...]:
+    """Blocks per axis of :func:`block_grid`, without building it (checked up front)."""
+    return tuple(
+        1 + max(0, math.ceil((n - b) / (b * (1 - overlap)) - 1e-9))
+        for n, b in zip(shape, block_size, strict=True)
+    )
+
+
 def block_grid(shape, block_size, overlap: float = 0.5) -> BlockGrid:
     """Blocks of ``block_size`` overlapping by ``overlap`` (a fraction), spanning ``shape``.
 
@@ -71,7 +78,8 @@ def block_grid(shape, block_size, overlap: float = 0.5) -> BlockGrid:
     shape : tuple of int
         Frame shape.
     block_size : int or tuple of int
-        Block size per axis (capped at the frame size).
+        Block size per axis (capped at the frame size), checked by
+        :func:`xreg.validate.block_layout`.
     overlap : float, default 0.5
         Fraction of a block shared with its neighbour, 0 <= overlap < 1.
 
@@ -79,17 +87,14 @@ def block_grid(shape, block_size, overlap: float = 0.5) -> BlockGrid:
     -------
     BlockGrid
     """
-    if not 0 <= overlap < 1:
-        raise XregError(f"`overlap` must be a fraction in [0, 1); got {overlap!r}.")
-    block_size = tuple(int(b) for b in _per_axis(block_size, None, shape, "block_size") or ())
-    if not block_size or min(block_size) < 8:
-        raise XregError(f"`block_size` must be at least 8 px per axis; got {block_size}.")
-    block_size = tuple(min(b, n) for b, n in zip(block_size, shape, strict=True))
-    starts = []
-    for n, b in zip(shape, block_size, strict=True):
-        step = b * (1 - overlap)
-        count = 1 + max(0, math.ceil((n - b) / step - 1e-9))
-        starts.append(tuple(np.linspace(0, n - b, count).round().astype(int).tolist()))
+    block_size = np.broadcast_to(np.asarray(block_size, dtype=int), (len(shape),))
+    block_size = tuple(min(int(b), n) for b, n in zip(block_size, shape, strict=True))
+    starts = [
+        tuple(np.linspace(0, n - b, count).round().astype(int).tolist())
+        for n, b, count in zip(
+            shape, block_size, block_counts(shape, block_size, overlap), strict=True
+        )
+    ]
     return BlockGrid(tuple(shape), block_size, tuple(starts))
 
 
@@ -401,7 +406,6 @@ def warp_frames(
     numpy.ndarray
         Same shape and dtype as ``frames`` (integers rounded and clipped).
     """
-    check_interpolation(order, mode)
     frames = np.asarray(frames)
     block_shifts = np.asarray(block_shifts)
     work = _working_dtype(frames.dtype)

@@ -14,21 +14,13 @@ from scipy import ndimage
 
 from ..errors import XregError
 
-__all__ = ["MODES", "check_interpolation", "round_to_dtype", "shift_frames"]
+__all__ = ["MODES", "round_to_dtype", "shift_frames"]
 
 # Boundary modes, named as in scipy.ndimage.  "constant" fills with ``cval`` and
 # "wrap" is periodic: scipy's "grid-constant" and "grid-wrap" (the frame is not
 # extended by interpolation first).
 MODES = ("nearest", "constant", "reflect", "mirror", "wrap")
 SCIPY_MODES = {"constant": "grid-constant", "wrap": "grid-wrap"}
-
-
-def check_interpolation(order, mode: str) -> None:
-    """Raise :class:`XregError` unless ``order`` is 0..5 and ``mode`` one of MODES."""
-    if mode not in MODES:
-        raise XregError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-    if not (isinstance(order, int | np.integer) and 0 <= order <= 5):
-        raise XregError(f"`order` must be an integer from 0 to 5; got {order!r}.")
 
 
 def round_to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -132,7 +124,6 @@ def shift_frames(
             f"Expected one shift per frame and axis, shape {(frames.shape[0], frames.ndim - 1)}; "
             f"got {shifts.shape}."
         )
-    check_interpolation(order, mode)
     work = _working_dtype(frames.dtype)
     out = np.empty(frames.shape, dtype=frames.dtype)
     for i, (frame, shift) in enumerate(zip(frames, shifts, strict=True)):

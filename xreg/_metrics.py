@@ -92,6 +92,8 @@ def metrics(
             for da, mean in zip(cropped.values(), means, strict=True)
         ]
     )
+    # The movie's labels along time, attrs (units) included.
+    correlations = [c.assign_coords(_xarray.time_coords(movie, dim)) for c in correlations]
     names = list(versions)
     units = movie.attrs.get("units")
     return xr.Dataset(
@@ -106,7 +108,7 @@ def metrics(
             ),
             "correlation": xr.concat(
                 [c.drop_vars(list(spatial), errors="ignore") for c in correlations], VERSION
-            ).assign_attrs(long_name="correlation of each frame with the mean image"),
+            ).assign_attrs(long_name="correlation with the mean image"),
             "mean_image": xr.concat(list(means), VERSION).assign_attrs(
                 long_name="mean image", **({"units": units} if units else {})
             ),

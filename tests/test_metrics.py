@@ -57,8 +57,9 @@ def test_metrics_default_border_and_errors():
     movie = xreg.datasets.mouse(n_frames=5)
     scores = movie.reg.metrics()
     assert scores.sizes == {"version": 1, "time": 5, "y": 48, "x": 48}  # 8 px left out
-    with pytest.raises(xreg.XregError, match="border"):
-        movie.reg.metrics(border=32)
+    for border in (32, -1, 2.5, (1, 2, 3)):
+        with pytest.raises(xreg.XregError, match="border"):
+            movie.reg.metrics(border=border)
     with pytest.raises(xreg.XregError, match="dims and sizes"):
         movie.reg.metrics(movie.isel(time=slice(3)))
     with pytest.raises(xreg.XregError, match="named by strings"):

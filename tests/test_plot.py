@@ -161,3 +161,5 @@ def test_summary_refuses_mismatched_inputs():
         xplot.summary(moved, moved.isel(time=slice(10)), shifts)
     with pytest.raises(xreg.XregError, match="shifts"):
         xplot.summary(moved, moved, shifts.isel(time=slice(10)))
+    with pytest.raises(xreg.XregError, match="frame"):
+        xplot.summary(moved, moved, shifts, frame=30)

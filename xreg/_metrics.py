@@ -8,7 +8,7 @@ import dask
 import numpy as np
 import xarray as xr
 
-from . import _xarray, core
+from . import _xarray, core, validate
 from .core.metrics import crispness, frame_correlation
 from .errors import XregError
 
@@ -49,17 +49,12 @@ def _versions(movie, registered, dim, spatial) -> dict:
 def _border(border, frame_shape) -> tuple[int, ...]:
     if border is None:
         return core.default_max_shift(frame_shape)
-    values = np.broadcast_to(np.asarray(border), (len(frame_shape),))
-    if (
-        values.dtype.kind not in "iu"
-        or (values < 0).any()
-        or (2 * values >= np.asarray(frame_shape)).any()
-    ):
-        raise XregError(
-            f"`border` must be whole pixels >= 0 per axis leaving part of each frame "
-            f"{frame_shape}; got {border!r}."
-        )
-    return tuple(int(b) for b in values)
+    values = validate.per_axis(border, "border", len(frame_shape), minimum=0)
+    fix = "The border must leave part of each frame."
+    return tuple(
+        validate.whole(b, "border", maximum=(n - 1) // 2, fix=fix)
+        for b, n in zip(values, frame_shape, strict=True)
+    )
 
 
 def metrics(

@@ -16,7 +16,7 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from . import _xarray, core
+from . import _xarray, core, validate
 from ._displacement import DisplacementArray
 from .core.metrics import crispness
 from .errors import XregError
@@ -267,9 +267,7 @@ def summary(
         )
     if frame is None:
         frame = _frame_of_largest_motion(shifts, dim)
-    if not 0 <= int(frame) < movie.sizes[dim]:
-        raise XregError(f"`frame` must be a position 0..{movie.sizes[dim] - 1}; got {frame}.")
-    frame = int(frame)
+    frame = validate.whole(frame, "frame", minimum=0, maximum=movie.sizes[dim] - 1)
 
     # The means (two reductions, one pass: dask shares the reads) and one frame of each.
     mean_before, mean_after, frame_before, frame_after = dask.compute(

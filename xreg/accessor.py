@@ -6,7 +6,7 @@ from collections.abc import Hashable
 
 import xarray as xr
 
-from . import _metrics, _xarray
+from . import _metrics, _scanphase, _xarray
 
 
 @xr.register_dataarray_accessor("reg")
@@ -323,3 +323,135 @@ class RegAccessor:
         True
         """
         return _metrics.metrics(self._obj, registered, border=border, dim=dim)
+
+    def scan_phase(
+        self,
+        *,
+        per: str | None = None,
+        window: int | None = None,
+        n_frames: int = 200,
+        max_offset: int | None = None,
+        dims=None,
+        dim: Hashable = "time",
+    ) -> xr.DataArray:
+        """Estimate the bidirectional scan phase: the offset of backward lines along x.
+
+        Resonant scanners write the even lines (0, 2, ...) forward and the odd lines
+        backward; the odd lines come out sampled at ``x + offset``.  Correct it with
+        :meth:`correct_scan_phase` before estimating motion.
+
+        Parameters
+        ----------
+        per : {"movie", "frame"}, optional
+            ``"movie"`` (the default without ``window``): one offset from
+            ``n_frames`` frames spread over the movie (for Dask, only their chunks
+            are read).  ``"frame"``: one offset per frame (every frame is read), from
+            that frame alone or from the ``window`` frames centred on it.
+        window : int, optional
+            Frames pooled into each frame's offset (implies ``per="frame"``); the
+            offset drifts slowly, so a window of tens of frames gives a steady
+            estimate that still follows it.
+        n_frames : int, default 200
+            Frames sampled for ``per="movie"``.
+        max_offset : int, optional
+            Search ``-max_offset .. max_offset`` px (default 10, at most an eighth
+            of the line; at most a quarter when given).
+        dims : (hashable, hashable), optional
+            The line dim and the scan dim.  Default ``("y", "x")`` when the movie
+            has both, else its last two dims.  Other dims (planes, channels) are
+            pooled: one offset serves them all.
+        dim : hashable, default "time"
+            The frame dim.
+
+        Returns
+        -------
+        xarray.DataArray
+            ``scan_phase`` in pixels, to 0.001 px: 0-d for ``per="movie"``, dims
+            ``(time,)`` with the movie's ``time`` coordinate otherwise.  A
+            ``quality`` coordinate holds the normalised correlation at the peak
+            (0..1); attrs record units, which lines are forward, the dims and the
+            settings.  Per frame, NaN marks a frame with nothing to compare (blank
+            or NaN lines) or a peak at the edge of the search range.
+
+        Raises
+        ------
+        XregError
+            If the frames have fewer than 3 lines, the options are out of range, or
+            (``per="movie"``) no offset can be measured.
+
+        Notes
+        -----
+        Each line with a line above and below is compared with their mean (the
+        other direction, at the line's own height on average), by a normalised
+        cross-correlation along x evaluated at subpixel lags by trigonometric
+        interpolation of the summed cross-power spectrum.  Lines holding NaN are
+        left out.  See ``docs/DECISIONS.md``.
+
+        Examples
+        --------
+        >>> import xreg
+        >>> movie = xreg.datasets.mouse(n_frames=20)
+        >>> skewed = movie.reg.correct_scan_phase(-1.5, order=3)  # odd lines at x + 1.5
+        >>> round(float(skewed.reg.scan_phase()), 1)
+        1.5
+        """
+        return _scanphase.scan_phase(
+            self._obj,
+            per=per,
+            window=window,
+            n_frames=n_frames,
+            max_offset=max_offset,
+            dims=dims,
+            dim=dim,
+        )
+
+    def correct_scan_phase(
+        self,
+        offset,
+        *,
+        order: int = 1,
+        mode: str = "nearest",
+        cval: float = 0.0,
+        dims=None,
+        dim: Hashable = "time",
+    ) -> xr.DataArray:
+        """Move every backward (odd) line by ``-offset`` along x: the phase undone.
+
+        Parameters
+        ----------
+        offset : float, xarray.DataArray or array-like
+            Pixels, as :meth:`scan_phase` returns it: one for the movie, or one per
+            frame (dims ``(time,)``; a NaN leaves its frame as it is).  At most a
+            quarter of the line.
+        order, mode, cval
+            Interpolation, as in :meth:`apply`.
+        dims : (hashable, hashable), optional
+            The line dim and the scan dim; default: those recorded on ``offset``,
+            else as in :meth:`scan_phase`.  Every other dim (channels, planes) takes
+            the frame's offset.
+        dim : hashable, default "time"
+            The frame dim.
+
+        Returns
+        -------
+        xarray.DataArray
+            Same dims, coords, attrs, name and dtype as the movie (integers rounded
+            and clipped); the even lines are unchanged.  Lazy for a Dask-backed movie.
+
+        Notes
+        -----
+        Correct the phase first, then estimate and apply motion: motion moves
+        whole frames, which mixes forward and backward lines when it moves by a
+        fraction of a line, and the comb can no longer be undone line by line.
+
+        Examples
+        --------
+        >>> import xreg
+        >>> movie = xreg.datasets.mouse(n_frames=4)
+        >>> fixed = movie.reg.correct_scan_phase(0.8)
+        >>> bool((fixed.isel(y=slice(0, None, 2)) == movie.isel(y=slice(0, None, 2))).all())
+        True
+        """
+        return _scanphase.correct_scan_phase(
+            self._obj, offset, order=order, mode=mode, cval=cval, dims=dims, dim=dim
+        )

@@ -139,3 +139,26 @@ def test_importing_xreg_does_not_import_pyspark_and_missing_pyspark_says_how_to_
     )
     result = subprocess.run([sys.executable, "-c", without], capture_output=True, text=True)
     assert "pip install xreg[spark]" in result.stdout
+
+
+def test_scan_phase_estimate_and_correction_match_the_accessor(spark_context):
+    from test_scanphase import motion, resonant_movie
+
+    frames = resonant_movie(1.6, motion(10, seed=4), photons=300, seed=5)
+    local = as_movie(frames, "numpy")
+    rdd = xspark.to_rdd(local, spark_context, npartitions=3)
+    per_movie = xspark.scan_phase(rdd, n_frames=6)
+    expected = local.reg.scan_phase(n_frames=6)
+    assert abs(float(per_movie) - 1.6) < 0.05
+    xr.testing.assert_allclose(per_movie, expected, atol=1.5e-3)  # the same to 0.001 px
+    assert per_movie.attrs == expected.attrs
+    windowed = xspark.scan_phase(rdd, window=3, time=local.time)
+    xr.testing.assert_allclose(windowed, local.reg.scan_phase(window=3), atol=1.5e-3)
+    per_frame = xspark.scan_phase(rdd, per="frame", time=local.time)
+    xr.testing.assert_allclose(per_frame, local.reg.scan_phase(per="frame"), atol=1.5e-3)
+    fixed = xspark.from_rdd(xspark.correct_scan_phase(rdd, per_frame, order=3))
+    np.testing.assert_array_equal(
+        fixed.values, local.reg.correct_scan_phase(per_frame, order=3).values
+    )
+    with pytest.raises(XregError, match="quarter"):
+        xspark.correct_scan_phase(rdd, 40.0)

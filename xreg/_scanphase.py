@@ -104,7 +104,7 @@ def check_per(per, window) -> tuple[str, int]:
     return per, 1 if window is None else int(window)
 
 
-def _check_n_frames(n_frames) -> int:
+def check_n_frames(n_frames) -> int:
     if isinstance(n_frames, bool) or not isinstance(n_frames, int | np.integer) or n_frames < 1:
         raise XregError(f"`n_frames` must be a whole number >= 1; got {n_frames!r}.")
     return int(n_frames)
@@ -113,7 +113,7 @@ def _check_n_frames(n_frames) -> int:
 # --------------------------------------------------------------------------- estimate
 
 
-def _rolling_sum(table, window: int):
+def rolling_sum(table, window: int):
     """Each row replaced by the sum of the ``window`` rows centred on it (fewer at the
     ends); numpy or Dask."""
     if window == 1:
@@ -126,7 +126,7 @@ def _rolling_sum(table, window: int):
     return total[stop] - total[start]
 
 
-def _refine_rows(terms, *, width, max_offset):
+def refine_rows(terms, *, width, max_offset):
     offset, quality = _core.phase_from_terms(terms, width=width, max_offset=max_offset)
     return np.stack([offset, quality], axis=1)
 
@@ -148,35 +148,17 @@ def scan_phase(
     """See :meth:`xreg.accessor.RegAccessor.scan_phase`."""
     line, scan = scan_dims(da, dims, dim)
     per, window = check_per(per, window)
-    n_frames = _check_n_frames(n_frames)
+    n_frames = check_n_frames(n_frames)
     width = da.sizes[scan]
     max_offset = check_max_offset(max_offset, width)
     others = [d for d in da.dims if d not in (dim, line, scan)]
     ordered = da.transpose(dim, *others, line, scan)
-    attrs = {
-        "units": "pixel",
-        "long_name": "bidirectional scan phase: odd lines sampled at x + offset",
-        "forward_lines": "even",
-        "line_dim": str(line),
-        "scan_dim": str(scan),
-        "per": per,
-        "max_offset": max_offset,
-    }
     if per == "movie":
         index = core.sample_indices(da.sizes[dim], n_frames)
         # Only the sampled frames are read (for Dask, only the chunks that hold them).
         sample = np.asarray(ordered.isel({dim: index}).values)
         terms = _core.phase_terms(sample, max_offset=max_offset).sum(axis=0, keepdims=True)
-        offset, quality = _core.phase_from_terms(terms, width=width, max_offset=max_offset)
-        if np.isnan(offset[0]):
-            raise XregError(_no_offset_message(quality[0], max_offset))
-        attrs["n_frames"] = len(index)
-        return xr.DataArray(
-            offset[0],
-            coords={"quality": quality[0]},
-            name=SCAN_PHASE,
-            attrs=attrs,
-        )
+        return movie_phase(terms, width, max_offset, (line, scan), len(index))
     if others and da.chunks is not None:
         split = [d for d in others if len(da.chunksizes[d]) > 1]
         if split:
@@ -196,21 +178,50 @@ def scan_phase(
         kwargs={"max_offset": max_offset},
         keep_attrs=False,
     ).data
-    table = _rolling_sum(table, window)
+    table = rolling_sum(table, window)
     if da.chunks is None:
-        values = _refine_rows(table, width=width, max_offset=max_offset)
+        values = refine_rows(table, width=width, max_offset=max_offset)
     else:
         values = table.map_blocks(
-            _refine_rows,
+            refine_rows,
             width=width,
             max_offset=max_offset,
             chunks=(table.chunks[0], (2,)),
             dtype=np.float64,
         ).compute()
-    attrs["window"] = window
-    coords = {name: c for name, c in da.coords.items() if c.dims == (dim,)}
-    coords["quality"] = (dim, values[:, 1])
-    return xr.DataArray(values[:, 0], dims=(dim,), coords=coords, name=SCAN_PHASE, attrs=attrs)
+    labels = {name: c for name, c in da.coords.items() if c.dims == (dim,)}
+    return frame_phase(values, labels, dim, (line, scan), max_offset, window)
+
+
+def _attrs(dims, per, max_offset) -> dict:
+    return {
+        "units": "pixel",
+        "long_name": "bidirectional scan phase: odd lines sampled at x + offset",
+        "forward_lines": "even",
+        "line_dim": str(dims[0]),
+        "scan_dim": str(dims[1]),
+        "per": per,
+        "max_offset": int(max_offset),
+    }
+
+
+def movie_phase(terms, width, max_offset, dims, n_frames) -> xr.DataArray:
+    """The 0-d result from the summed terms of the sampled frames (raises if none)."""
+    offset, quality = _core.phase_from_terms(terms, width=width, max_offset=max_offset)
+    if np.isnan(offset[0]):
+        raise XregError(_no_offset_message(quality[0], max_offset))
+    attrs = _attrs(dims, "movie", max_offset) | {"n_frames": int(n_frames)}
+    return xr.DataArray(offset[0], coords={"quality": quality[0]}, name=SCAN_PHASE, attrs=attrs)
+
+
+def frame_phase(values, labels, dim, dims, max_offset, window) -> xr.DataArray:
+    """The per-frame result from an (n, 2) table of offsets and qualities."""
+    coords = dict(labels)
+    coords["quality"] = (dim, np.asarray(values)[:, 1])
+    attrs = _attrs(dims, "frame", max_offset) | {"window": int(window)}
+    return xr.DataArray(
+        np.asarray(values)[:, 0], dims=(dim,), coords=coords, name=SCAN_PHASE, attrs=attrs
+    )
 
 
 def _no_offset_message(quality, max_offset) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from . import _xarray, core, validate
+from . import _scanphase, _xarray, core, validate
 from .errors import XregError
 
 try:
@@ -26,7 +26,15 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "xreg.spark needs pyspark; install it with `pip install xreg[spark]`."
     ) from error
 
-__all__ = ["apply", "estimate", "from_rdd", "from_zarr", "to_rdd"]
+__all__ = [
+    "apply",
+    "correct_scan_phase",
+    "estimate",
+    "from_rdd",
+    "from_zarr",
+    "scan_phase",
+    "to_rdd",
+]
 
 
 def _key(key) -> int:
@@ -431,3 +439,132 @@ def apply(
                 yield key, np.moveaxis(moved, 0, axis)
 
     return rdd.mapPartitions(move, preservesPartitioning=True)
+
+
+def scan_phase(
+    rdd,
+    *,
+    per: str | None = None,
+    window: int | None = None,
+    n_frames: int = 200,
+    max_offset: int | None = None,
+    time=None,
+) -> xr.DataArray:
+    """The bidirectional scan phase of an RDD's frames, measured on the executors.
+
+    Same numerics and result as :meth:`xreg.accessor.RegAccessor.scan_phase`: the
+    frames' last two axes are the lines and the scan; axes before them (planes) are
+    pooled.  Per movie, only the sampled frames are compared; per frame, the
+    offsets are refined on the executors (with ``window``, each frame's statistics
+    come back to the driver to be summed over its window).
+
+    Parameters
+    ----------
+    rdd : pyspark.RDD
+        Records ``((i,), frame)``, i = 0..n-1.
+    per, window, n_frames, max_offset
+        As in :meth:`~xreg.accessor.RegAccessor.scan_phase`.
+    time : array-like, optional
+        Values for the ``time`` coordinate of per-frame offsets (default: the index).
+
+    Returns
+    -------
+    xarray.DataArray
+        ``scan_phase``: 0-d per movie, ``(time,)`` per frame, with ``quality``.
+    """
+    per, window = _scanphase.check_per(per, window)
+    n_frames = _scanphase.check_n_frames(n_frames)
+    shape = np.shape(rdd.first()[1])
+    if len(shape) < 2:
+        raise XregError(f"Frames must have lines and a scan axis; got shape {shape}.")
+    core.scanphase.check_lines(shape[-2], shape[-1])
+    width = shape[-1]
+    max_offset = _scanphase.check_max_offset(max_offset, width)
+    dims = ("y", "x")
+
+    def terms_of(records):
+        records = list(records)
+        if records:
+            frames = np.stack([np.asarray(frame) for _, frame in records])
+            terms = core.scanphase.phase_terms(frames, max_offset=max_offset)
+            yield from zip((_key(k) for k, _ in records), terms, strict=True)
+
+    if per == "movie":
+        chosen = set(core.sample_indices(rdd.count(), n_frames).tolist())
+
+        def summed(records):
+            rows = [terms for _, terms in terms_of(records)]
+            if rows:
+                yield np.sum(rows, axis=0)
+
+        sums = rdd.filter(lambda record: _key(record[0]) in chosen).mapPartitions(summed)
+        return _scanphase.movie_phase(
+            np.sum(sums.collect(), axis=0)[None], width, max_offset, dims, len(chosen)
+        )
+    if window == 1:
+
+        def refined(records):
+            rows = list(terms_of(records))
+            if rows:
+                keys, terms = zip(*rows, strict=True)
+                values = _scanphase.refine_rows(np.stack(terms), width=width, max_offset=max_offset)
+                yield from zip(keys, values, strict=True)
+
+        results = rdd.mapPartitions(refined).collect()
+    else:
+        results = rdd.mapPartitions(terms_of).collect()
+    order = _ordered([k for k, _ in results])
+    rows = np.stack([results[i][1] for i in order])
+    if window != 1:
+        rows = _scanphase.refine_rows(
+            _scanphase.rolling_sum(rows, window), width=width, max_offset=max_offset
+        )
+    labels = {"time": np.arange(len(rows)) if time is None else np.asarray(time)}
+    return _scanphase.frame_phase(rows, labels, "time", dims, max_offset, window)
+
+
+def correct_scan_phase(rdd, offset, *, order: int = 1, mode: str = "nearest", cval=0.0):
+    """Undo the scan phase of an RDD's frames on the executors.
+
+    Parameters
+    ----------
+    rdd : pyspark.RDD
+        Records ``((i,), frame)``; the frames' last two axes are the lines and the scan.
+    offset : float, xarray.DataArray or array-like
+        One offset for all frames, or one per frame in key order, as
+        :func:`scan_phase` returns it.
+    order, mode, cval
+        As in :meth:`xreg.accessor.RegAccessor.correct_scan_phase`.
+
+    Returns
+    -------
+    pyspark.RDD
+        Records with the same keys; the odd lines moved by ``-offset`` along x.
+    """
+    core.check_interpolation(order, mode)
+    values = np.asarray(offset.values if isinstance(offset, xr.DataArray) else offset, float)
+    if values.ndim > 1:
+        raise XregError(f"`offset` must be one number or one per frame; got shape {values.shape}.")
+    if values.ndim == 0 and np.isnan(values):
+        raise XregError("The scan-phase `offset` is NaN; pass a number of pixels.")
+    # Checked here, before any work on the executors.
+    core.scanphase.check_offset(values, np.shape(rdd.first()[1])[-1])
+    table = rdd.context.broadcast(values)
+
+    def correct(records: Iterable):
+        for key, frame in records:
+            frame = np.asarray(frame)
+            offsets = table.value
+            if offsets.ndim:
+                index = _key(key)
+                if index >= len(offsets):
+                    raise XregError(
+                        f"No offset for frame {key!r}; there are {len(offsets)} offsets."
+                    )
+                offsets = offsets[index]
+            moved = core.scanphase.correct_scan_phase(
+                frame[None], offsets, order=order, mode=mode, cval=cval
+            )
+            yield key, moved[0]
+
+    return rdd.mapPartitions(correct, preservesPartitioning=True)

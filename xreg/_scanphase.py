@@ -131,8 +131,8 @@ def refine_rows(terms, *, width, max_offset):
     return np.stack([offset, quality], axis=1)
 
 
-def _terms_chunk(frames, *, max_offset):
-    return _core.phase_terms(frames, max_offset=max_offset)
+def _terms_chunk(frames, *, max_offset, workers):
+    return _core.phase_terms(frames, max_offset=max_offset, workers=workers)
 
 
 def scan_phase(
@@ -157,7 +157,8 @@ def scan_phase(
         index = core.sample_indices(da.sizes[dim], n_frames)
         # Only the sampled frames are read (for Dask, only the chunks that hold them).
         sample = np.asarray(ordered.isel({dim: index}).values)
-        terms = _core.phase_terms(sample, max_offset=max_offset).sum(axis=0, keepdims=True)
+        terms = _core.phase_terms(sample, max_offset=max_offset, workers=None)
+        terms = terms.sum(axis=0, keepdims=True)
         return movie_phase(terms, width, max_offset, (line, scan), len(index))
     if others and da.chunks is not None:
         split = [d for d in others if len(da.chunksizes[d]) > 1]
@@ -175,7 +176,8 @@ def scan_phase(
         dask="parallelized",
         output_dtypes=[np.complex128],
         dask_gufunc_kwargs={"output_sizes": {_TERMS: _core.terms_width(width)}},
-        kwargs={"max_offset": max_offset},
+        # Dask already runs chunks in parallel; numpy input gets the core's threads.
+        kwargs={"max_offset": max_offset, "workers": 1 if da.chunks is not None else None},
         keep_attrs=False,
     ).data
     table = rolling_sum(table, window)

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.fft as sfft
 
 from ..errors import XregError
-from .correlation import window_profile
+from .correlation import map_threads, window_profile
 from .shift import shift_frames
 
 __all__ = [
@@ -143,7 +143,7 @@ def _frame_terms(frames, weight, weight_spectrum, finite):
     return cross, energy, norm, valid.sum(axis=(1, 2))
 
 
-def phase_terms(frames: np.ndarray, *, max_offset: int) -> np.ndarray:
+def phase_terms(frames: np.ndarray, *, max_offset: int, workers: int | None = 1) -> np.ndarray:
     """Each frame's scan-phase statistics, as rows that add across frames.
 
     Parameters
@@ -154,6 +154,8 @@ def phase_terms(frames: np.ndarray, *, max_offset: int) -> np.ndarray:
         holding NaN or inf are left out.
     max_offset : int
         The largest offset that will be searched (sets the window's zero band).
+    workers : int, optional
+        Threads over batches of frames; ``None``: all cores.
 
     Returns
     -------
@@ -176,13 +178,16 @@ def phase_terms(frames: np.ndarray, *, max_offset: int) -> np.ndarray:
     weight_spectrum = sfft.rfft(weight.astype(np.float64), n=2 * width)
     out = np.zeros((planes.shape[0], terms_width(width)), np.complex128)
     half = width // 2 + 1
-    for start in range(0, planes.shape[0], _BATCH):
+
+    def run(start):
         batch = planes[start : start + _BATCH].astype(work, copy=False)
         finite = np.isfinite(batch) if batch.dtype.kind == "f" else np.ones(batch.shape, bool)
         cross, energy, norm, count = _frame_terms(batch, weight, weight_spectrum, finite)
         rows = out[start : start + len(batch)]
         rows[:, :half], rows[:, half : half + width + 1] = cross, energy
         rows[:, -2], rows[:, -1] = norm, count
+
+    map_threads(run, range(0, planes.shape[0], _BATCH), workers)
     return out.reshape(n, per_frame, -1).sum(axis=1)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Hashable
 import numpy as np
 import xarray as xr
 
-from . import core
+from . import core, validate
 from .core import scanphase as _core
 from .errors import XregError
 
@@ -72,28 +72,22 @@ def check_max_offset(max_offset, width: int) -> int:
     """The search range in px: the default for ``None``, else a whole number 1..width/4."""
     if max_offset is None:
         return _core.default_max_offset(width)
-    if (
-        isinstance(max_offset, bool)
-        or not isinstance(max_offset, int | np.integer)
-        or not 1 <= max_offset <= width // 4
-    ):
-        raise XregError(
-            f"`max_offset` must be a whole number of pixels from 1 to a quarter of the "
-            f"{width}-px line ({width // 4}); got {max_offset!r}."
-        )
-    return int(max_offset)
+    return validate.whole(
+        max_offset,
+        "max_offset",
+        minimum=1,
+        maximum=width // 4,
+        fix=f"(A quarter of the {width}-px line at most.)",
+    )
 
 
 def check_per(per, window) -> tuple[str, int]:
     """``per`` and ``window`` as ("movie", 0) or ("frame", frames per window)."""
-    if window is not None and (
-        isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1
-    ):
-        raise XregError(f"`window` must be a whole number of frames >= 1; got {window!r}.")
+    if window is not None:
+        window = validate.whole(window, "window", minimum=1)
     if per is None:
         per = "movie" if window is None else "frame"
-    if per not in PER_CHOICES:
-        raise XregError(f"`per` must be one of {', '.join(PER_CHOICES)}; got {per!r}.")
+    per = validate.choice(per, "per", PER_CHOICES)
     if per == "movie":
         if window is not None:
             raise XregError(
@@ -101,13 +95,11 @@ def check_per(per, window) -> tuple[str, int]:
                 "`per='frame'` with it (or leave `per` out)."
             )
         return per, 0
-    return per, 1 if window is None else int(window)
+    return per, 1 if window is None else window
 
 
 def check_n_frames(n_frames) -> int:
-    if isinstance(n_frames, bool) or not isinstance(n_frames, int | np.integer) or n_frames < 1:
-        raise XregError(f"`n_frames` must be a whole number >= 1; got {n_frames!r}.")
-    return int(n_frames)
+    return validate.whole(n_frames, "n_frames", minimum=1)
 
 
 # --------------------------------------------------------------------------- estimate
@@ -263,8 +255,8 @@ def _offsets(offset, da, dim, width) -> np.ndarray:
             f"`offset` must be one number (pixels) or one per frame ({n}); got "
             f"{values.shape} of dtype {values.dtype}."
         )
-    if values.ndim == 0 and np.isnan(values):
-        raise XregError("The scan-phase `offset` is NaN; pass a number of pixels.")
+    if values.ndim == 0:
+        validate.real(float(values), "offset", fix="Pass the scan phase in pixels.")
     return np.broadcast_to(_core.check_offset(values, width), (n,))
 
 
@@ -290,7 +282,8 @@ def correct_scan_phase(
     if dims is None and isinstance(offset, xr.DataArray) and "line_dim" in offset.attrs:
         dims = (offset.attrs["line_dim"], offset.attrs["scan_dim"])
     line, scan = scan_dims(da, dims, dim, min_lines=2)
-    core.check_interpolation(order, mode)
+    order, mode = validate.interpolation(order, mode)
+    cval = validate.fill_value(cval, da.dtype)
     values = _offsets(offset, da, dim, da.sizes[scan])
     offsets = xr.DataArray(np.array(values), dims=(dim,))
     if da.chunks is not None:
@@ -303,7 +296,7 @@ def correct_scan_phase(
         output_core_dims=[[line, scan]],
         dask="parallelized",
         output_dtypes=[da.dtype],
-        kwargs={"order": int(order), "mode": mode, "cval": cval},
+        kwargs={"order": order, "mode": mode, "cval": cval},
         keep_attrs=True,
     )
     out = out.transpose(*da.dims).rename(da.name)

@@ -541,12 +541,13 @@ def correct_scan_phase(rdd, offset, *, order: int = 1, mode: str = "nearest", cv
     pyspark.RDD
         Records with the same keys; the odd lines moved by ``-offset`` along x.
     """
-    core.check_interpolation(order, mode)
+    order, mode = validate.interpolation(order, mode)
+    cval = validate.fill_value(cval)
     values = np.asarray(offset.values if isinstance(offset, xr.DataArray) else offset, float)
     if values.ndim > 1:
         raise XregError(f"`offset` must be one number or one per frame; got shape {values.shape}.")
-    if values.ndim == 0 and np.isnan(values):
-        raise XregError("The scan-phase `offset` is NaN; pass a number of pixels.")
+    if values.ndim == 0:
+        validate.real(float(values), "offset", fix="Pass the scan phase in pixels.")
     # Checked here, before any work on the executors.
     core.scanphase.check_offset(values, np.shape(rdd.first()[1])[-1])
     table = rdd.context.broadcast(values)

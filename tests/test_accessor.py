@@ -159,6 +159,11 @@ def test_one_dimensional_frames_and_too_many_dims():
     with pytest.raises(XregError, match="2-D.*3-D"):
         xr.DataArray(np.zeros((4, 10)), dims=("time", "x")).reg.estimate(np.zeros(10))
     with pytest.raises(XregError, match="isel"):
+        xr.DataArray(np.zeros((2, 2, 4, 4, 4)), dims=("time", "w", "z", "y", "x")).reg.apply(
+            np.zeros((2, 4))
+        )
+    # `c` is a channel dim, broadcast: the shifts must be for the 3 spatial axes.
+    with pytest.raises(XregError, match=r"shape \(2, 3\)"):
         xr.DataArray(np.zeros((2, 2, 4, 4, 4)), dims=("time", "c", "z", "y", "x")).reg.apply(
             np.zeros((2, 4))
         )

@@ -26,14 +26,25 @@ DISPLACEMENT = "displacement"
 # --------------------------------------------------------------------------- checks
 
 
-def frame_dims(da: xr.DataArray, dim: Hashable = "time") -> tuple[Hashable, ...]:
-    """The spatial dims of a movie, in order, after checking it can be registered.
+# Dims that are never spatial unless ``spatial_dims`` says so: they are broadcast by
+# `apply` (one displacement per frame moves every channel) and refused by `estimate`.
+EXTRA_DIMS = ("channel", "c", "camera", "wavelength")
+
+
+def split_dims(
+    da: xr.DataArray, dim: Hashable = "time", spatial_dims=None
+) -> tuple[tuple[Hashable, ...], tuple[Hashable, ...]]:
+    """The spatial dims of a movie, in order, and its extra (broadcast) dims.
+
+    ``spatial_dims`` names the spatial dims; by default they are the dims other than
+    ``dim`` and the :data:`EXTRA_DIMS` (``channel``, ``camera``, ...).
 
     Raises
     ------
     XregError
-        If the frame dim is missing or empty, the frames are not 2-D or 3-D, the
-        dtype is not real numeric, or the frames are split into chunks in space.
+        If the frame dim is missing or empty, ``spatial_dims`` names dims the movie
+        lacks, the frames are not 2-D or 3-D, the dtype is not real numeric, or the
+        frames are split into chunks in space.
     """
     if not isinstance(da, xr.DataArray):
         raise XregError(f"Expected an xarray.DataArray; got {type(da).__name__}.")
@@ -42,11 +53,17 @@ def frame_dims(da: xr.DataArray, dim: Hashable = "time") -> tuple[Hashable, ...]
             f"The movie has no {dim!r} dim; its dims are {da.dims}. Pass the frame "
             f"dim as `dim=...`, or rename it: `da.rename({{'frame': {dim!r}}})`."
         )
-    spatial = tuple(d for d in da.dims if d != dim)
+    others = tuple(d for d in da.dims if d != dim)
+    if spatial_dims is None:
+        spatial = tuple(d for d in others if d not in EXTRA_DIMS)
+    else:
+        spatial = check_spatial_dims(spatial_dims, da.dims, dim)
+    extra = tuple(d for d in others if d not in spatial)
     if len(spatial) not in (2, 3):
         raise XregError(
             f"Frames must be 2-D (y, x) or 3-D (z, y, x); dims {da.dims} give "
-            f"{len(spatial)}-D frames {spatial}. Select or stack the extra dims "
+            f"{len(spatial)}-D frames {spatial}. Name the spatial dims with "
+            "`spatial_dims=('y', 'x')`, select or stack the extra dims "
             "(e.g. `da.isel(channel=0)`), or add a missing one."
         )
     if da.sizes[dim] == 0:
@@ -64,6 +81,40 @@ def frame_dims(da: xr.DataArray, dim: Hashable = "time") -> tuple[Hashable, ...]
                 f"Frames are split into chunks along {split}; each frame must be one "
                 f"chunk in space. Chunk over {dim!r} only: `da.chunk({fix})`."
             )
+    return spatial, extra
+
+
+def check_spatial_dims(spatial_dims, dims, dim) -> tuple[Hashable, ...]:
+    """``spatial_dims`` as a tuple, after checking they are distinct dims of the movie."""
+    if isinstance(spatial_dims, str) or not isinstance(spatial_dims, Sequence):
+        raise XregError(
+            f"`spatial_dims` must be a sequence of dim names, e.g. ('y', 'x'); got {spatial_dims!r}."
+        )
+    spatial = tuple(spatial_dims)
+    unknown = [d for d in spatial if d not in dims or d == dim]
+    if unknown or len(set(spatial)) != len(spatial):
+        raise XregError(
+            f"`spatial_dims` {spatial} must be distinct dims of the movie other than "
+            f"{dim!r}; its dims are {tuple(dims)}."
+        )
+    return spatial
+
+
+def frame_dims(da: xr.DataArray, dim: Hashable = "time", spatial_dims=None) -> tuple[Hashable, ...]:
+    """The spatial dims of a movie, in order, after checking it can be registered.
+
+    Like :func:`split_dims`, for the operations that take one frame per time point
+    (estimate, reference): extra dims such as ``channel`` are refused with the fix.
+    """
+    spatial, extra = split_dims(da, dim, spatial_dims)
+    if extra:
+        pick = ", ".join(f"{d!s}=..." for d in extra)
+        raise XregError(
+            f"The movie has dims {da.dims}: besides {dim!r} and the spatial dims "
+            f"{spatial}, it has {extra}. Estimate on one of them, then apply to all: "
+            f"`shifts = movie.sel({pick}).reg.estimate(ref)`; `movie.reg.apply(shifts)` "
+            f"moves every {extra[0]!s} by the same displacement."
+        )
     return spatial
 
 
@@ -159,13 +210,14 @@ def estimate(
     min_quality: float = 0.3,
     clip=CLIP_PERCENTILES,
     whole_frame: bool = False,
+    spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.estimate`.
 
     ``whole_frame=True`` correlates whole frames circularly over every shift (no
     border window): thunder-registration's CrossCorr, for the model API.
     """
-    spatial = frame_dims(da, dim)
+    spatial = frame_dims(da, dim, spatial_dims)
     # Every option checked before any work (building a reference can take a while).
     options = validate.estimate_options(
         tuple(da.sizes[d] for d in spatial),
@@ -193,7 +245,9 @@ def estimate(
     ) = (options[k] for k in validate.ESTIMATE_OPTIONS)
     attrs = {}
     if reference is None:
-        reference = build_reference(da, dim=dim, max_shift=max_shift, clip=clip)
+        reference = build_reference(
+            da, dim=dim, max_shift=max_shift, clip=clip, spatial_dims=spatial
+        )
         attrs.update({f"reference_{k}": v for k, v in reference.attrs.items()})
     else:
         attrs["reference_method"] = "given"
@@ -358,7 +412,10 @@ def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -
 
 def _shift_chunk(frames, shifts, *, order, mode, cval):
     frame_shape = frames.shape[-shifts.shape[-1] :]
-    n = int(np.prod(frames.shape[: -len(frame_shape)], dtype=np.int64))
+    lead = frames.shape[: -len(frame_shape)]
+    n = int(np.prod(lead, dtype=np.int64))
+    # Extra dims (channel, ...) arrive as length-1 axes of the shifts: one per frame.
+    shifts = np.broadcast_to(shifts, lead + shifts.shape[-1:])
     out = core.shift_frames(
         frames.reshape((n,) + frame_shape),
         shifts.reshape(n, -1),
@@ -370,7 +427,9 @@ def _shift_chunk(frames, shifts, *, order, mode, cval):
 
 
 def _warp_chunk(frames, shifts, *, grid, order, mode, cval):
-    n = int(np.prod(frames.shape[: -len(grid.shape)], dtype=np.int64))
+    lead = frames.shape[: -len(grid.shape)]
+    n = int(np.prod(lead, dtype=np.int64))
+    shifts = np.broadcast_to(shifts, lead + shifts.shape[-len(grid.shape) - 1 :])
     out = core.warp_frames(
         frames.reshape((n,) + grid.shape),
         shifts.reshape((n,) + grid.grid_shape + (len(grid.shape),)),
@@ -380,6 +439,16 @@ def _warp_chunk(frames, shifts, *, grid, order, mode, cval):
         cval=cval,
     )
     return out.reshape(frames.shape)
+
+
+def shifts_axes(shifts, da: xr.DataArray):
+    """The spatial dims named by the shifts' ``axis`` coordinate, if they are the movie's."""
+    if isinstance(shifts, xr.DataArray) and AXIS in shifts.coords and shifts[AXIS].ndim == 1:
+        axes = [str(a) for a in shifts[AXIS].values]
+        names = {str(d): d for d in da.dims}
+        if all(a in names for a in axes):
+            return tuple(d for d in da.dims if str(d) in axes)  # the movie's order
+    return None
 
 
 def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial, blocks=()) -> np.ndarray:
@@ -418,8 +487,9 @@ def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial, blocks=()) ->
         or values.dtype.kind not in "iuf"
     ):
         raise XregError(
-            f"Expected numeric shifts of shape ({n}, {len(spatial)}) (frames, axes); "
-            f"got {values.shape} of dtype {values.dtype}."
+            f"Expected numeric shifts of shape ({n}, {len(spatial)}) (frames, axes "
+            f"{tuple(spatial)}); got {values.shape} of dtype {values.dtype}. If other dims "
+            "are spatial, name them: `spatial_dims=('y', 'x')`."
         )
     return validate.shift_table(values, tuple(da.sizes[d] for d in spatial))
 
@@ -433,9 +503,12 @@ def apply(
     cval: float = 0.0,
     bad_frames: str = "apply",
     dim: Hashable = "time",
+    spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.apply`."""
-    spatial = frame_dims(da, dim)
+    if spatial_dims is None:
+        spatial_dims = shifts_axes(shifts, da)
+    spatial, _ = split_dims(da, dim, spatial_dims)
     bad_frames = validate.choice(bad_frames, "bad_frames", BAD_FRAME_CHOICES)
     order, mode = validate.interpolation(order, mode)
     cval = validate.fill_value(cval, da.dtype)
@@ -524,9 +597,10 @@ def build_reference(
     max_shift=None,
     clip=CLIP_PERCENTILES,
     dim: Hashable = "time",
+    spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.reference`."""
-    spatial = frame_dims(da, dim)
+    spatial = frame_dims(da, dim, spatial_dims)
     options = validate.reference_options(
         tuple(da.sizes[d] for d in spatial),
         n_frames=n_frames,
@@ -561,3 +635,56 @@ def build_reference(
             **clip_attrs(clip),
         },
     )
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def registrable(ds: xr.Dataset, dim: Hashable, spatial) -> list[Hashable]:
+    """The data variables of ``ds`` that have the frame dim and every spatial dim."""
+    return [
+        name
+        for name, var in ds.data_vars.items()
+        if dim in var.dims and all(d in var.dims for d in spatial)
+    ]
+
+
+def dataset_variable(ds: xr.Dataset, var: Hashable | None, dim: Hashable = "time"):
+    """The movie ``var`` of a Dataset (default: its only variable with the frame dim)."""
+    if not isinstance(ds, xr.Dataset):
+        raise XregError(f"Expected an xarray.Dataset; got {type(ds).__name__}.")
+    if var is None:
+        movies = [n for n, v in ds.data_vars.items() if dim in v.dims and v.ndim >= 3]
+        if len(movies) != 1:
+            raise XregError(
+                f"The Dataset holds movies {movies}; say which to use: `var=...`, "
+                "e.g. `ds.reg.estimate(ref, var='red')`."
+            )
+        var = movies[0]
+    if var not in ds.data_vars:
+        raise XregError(f"The Dataset has no variable {var!r}; it has {list(ds.data_vars)}.")
+    return ds[var]
+
+
+def apply_dataset(ds: xr.Dataset, shifts, *, dim: Hashable = "time", spatial_dims=None, **options):
+    """See :meth:`xreg.accessor.DatasetRegAccessor.apply`."""
+    if not isinstance(ds, xr.Dataset):
+        raise XregError(f"Expected an xarray.Dataset; got {type(ds).__name__}.")
+    if spatial_dims is None and isinstance(shifts, xr.DataArray) and AXIS in shifts.coords:
+        spatial_dims = tuple(str(a) for a in shifts[AXIS].values)
+    if spatial_dims is None:
+        raise XregError(
+            "Say which dims are spatial: pass shifts with an `axis` coordinate (as "
+            "`estimate` returns them) or `spatial_dims=('y', 'x')`."
+        )
+    names = registrable(ds, dim, spatial_dims)
+    if not names:
+        raise XregError(
+            f"No variable of the Dataset has the dims {(dim, *spatial_dims)}; its variables "
+            f"have dims {({n: v.dims for n, v in ds.data_vars.items()})}."
+        )
+    moved = {
+        name: apply(ds[name], shifts, dim=dim, spatial_dims=spatial_dims, **options)
+        for name in names
+    }
+    return ds.assign(moved)

@@ -13,9 +13,11 @@ from . import _metrics, _scanphase, _xarray
 class RegAccessor:
     """Registration (motion correction) of a movie: ``movie.reg.estimate(...)``.
 
-    The frame dim is ``time`` unless ``dim=`` says otherwise; every other dim is
-    spatial (2 or 3 of them).  Nothing is stored here: each method validates
-    its input and returns a new object.
+    The frame dim is ``time`` unless ``dim=`` says otherwise; the spatial dims (2 or
+    3) are the others, except extra dims such as ``channel`` or ``camera``, which
+    :meth:`apply` broadcasts (``spatial_dims=`` says which are spatial where the
+    names do not).  Nothing is stored here: each method validates its input and
+    returns a new object.
     """
 
     def __init__(self, obj: xr.DataArray) -> None:
@@ -30,6 +32,7 @@ class RegAccessor:
         max_shift=None,
         clip=_xarray.CLIP_PERCENTILES,
         dim: Hashable = "time",
+        spatial_dims=None,
     ) -> xr.DataArray:
         """Build a sharp reference from the movie itself.
 
@@ -53,6 +56,11 @@ class RegAccessor:
             Percentile clipping inside the rounds, as in :meth:`estimate`.
         dim : hashable, default "time"
             The frame dim.
+        spatial_dims : sequence of hashable, optional
+            The spatial dims (default: the dims other than ``dim``, ``channel``,
+            ``camera``, ``c`` and ``wavelength``).  A movie with any other dim (a
+            ``channel``) is refused with the fix: build the reference from one
+            channel, ``movie.sel(channel=...)``.
 
         Returns
         -------
@@ -75,6 +83,7 @@ class RegAccessor:
             max_shift=max_shift,
             clip=clip,
             dim=dim,
+            spatial_dims=spatial_dims,
         )
 
     def estimate(
@@ -91,6 +100,7 @@ class RegAccessor:
         overlap: float = 0.5,
         min_quality: float = 0.3,
         clip=_xarray.CLIP_PERCENTILES,
+        spatial_dims=None,
     ) -> xr.DataArray:
         """Estimate the displacement of every frame relative to a reference.
 
@@ -132,6 +142,10 @@ class RegAccessor:
             cells lit by a calcium transient cannot dominate the match (as
             suite2p does).  ``None`` compares raw intensities.  With
             ``reference=None`` it applies to building the reference too.
+        spatial_dims : sequence of hashable, optional
+            As in :meth:`reference`.  A movie with a ``channel`` dim is refused
+            with the fix: estimate on one channel (``movie.sel(channel="red")``)
+            and apply the shifts to the whole movie.
 
         Returns
         -------
@@ -193,6 +207,7 @@ class RegAccessor:
             overlap=overlap,
             min_quality=min_quality,
             clip=clip,
+            spatial_dims=spatial_dims,
         )
 
     def apply(
@@ -204,8 +219,12 @@ class RegAccessor:
         cval: float = 0.0,
         bad_frames: str = "apply",
         dim: Hashable = "time",
+        spatial_dims=None,
     ) -> xr.DataArray:
         """Move every frame back by its displacement: the registered movie.
+
+        Dims that are neither ``dim`` nor spatial (``channel``, ``camera``, ...)
+        are broadcast: each frame's displacement moves all its channels.
 
         Parameters
         ----------
@@ -228,6 +247,9 @@ class RegAccessor:
             from the good frames around them.
         dim : hashable, default "time"
             The frame dim.
+        spatial_dims : sequence of hashable, optional
+            The spatial dims; default: the shifts' ``axis`` coordinate (for an
+            array without one, as in :meth:`reference`).
 
         Returns
         -------
@@ -244,7 +266,14 @@ class RegAccessor:
         True
         """
         return _xarray.apply(
-            self._obj, shifts, order=order, mode=mode, cval=cval, bad_frames=bad_frames, dim=dim
+            self._obj,
+            shifts,
+            order=order,
+            mode=mode,
+            cval=cval,
+            bad_frames=bad_frames,
+            dim=dim,
+            spatial_dims=spatial_dims,
         )
 
     def field(self) -> xr.DataArray:
@@ -454,4 +483,66 @@ class RegAccessor:
         """
         return _scanphase.correct_scan_phase(
             self._obj, offset, order=order, mode=mode, cval=cval, dims=dims, dim=dim
+        )
+
+
+@xr.register_dataset_accessor("reg")
+class DatasetRegAccessor:
+    """Registration of the movies in a Dataset: ``ds.reg.estimate(ref, var="red")``.
+
+    Estimate on one variable, apply to every variable that has the frame and
+    spatial dims; a thin front over :class:`RegAccessor`.
+    """
+
+    def __init__(self, obj: xr.Dataset) -> None:
+        self._obj = obj
+
+    def reference(self, *, var: Hashable | None = None, dim: Hashable = "time", **options):
+        """Build a reference from the movie ``var``; see :meth:`RegAccessor.reference`.
+
+        ``var`` defaults to the Dataset's only variable with the frame dim.
+        """
+        movie = _xarray.dataset_variable(self._obj, var, dim)
+        return movie.reg.reference(dim=dim, **options)
+
+    def estimate(
+        self, reference=None, *, var: Hashable | None = None, dim: Hashable = "time", **options
+    ) -> xr.DataArray:
+        """Displacements of the movie ``var``; see :meth:`RegAccessor.estimate`.
+
+        Examples
+        --------
+        >>> import xarray as xr, xreg
+        >>> movie, truth = xreg.datasets.add_motion(xreg.datasets.mouse(n_frames=20), seed=0)
+        >>> ds = xr.Dataset({"red": movie, "green": movie * 2, "speed": movie.time * 0.1})
+        >>> shifts = ds.reg.estimate(movie.isel(time=0), var="red")
+        >>> sorted(ds.reg.apply(shifts).data_vars)
+        ['green', 'red', 'speed']
+        """
+        movie = _xarray.dataset_variable(self._obj, var, dim)
+        return movie.reg.estimate(reference, dim=dim, **options)
+
+    def apply(self, shifts, *, dim: Hashable = "time", spatial_dims=None, **options) -> xr.Dataset:
+        """Register every variable that has the frame dim and the spatial dims.
+
+        Parameters
+        ----------
+        shifts : xarray.DataArray
+            Displacements as :meth:`RegAccessor.estimate` returns them.
+        dim : hashable, default "time"
+        spatial_dims : sequence of hashable, optional
+            Default: the shifts' ``axis`` coordinate.
+        **options
+            ``order``, ``mode``, ``cval``, ``bad_frames``, as in
+            :meth:`RegAccessor.apply`.
+
+        Returns
+        -------
+        xarray.Dataset
+            The same Dataset with those variables registered (lazily for
+            Dask-backed ones; extra dims such as ``channel`` broadcast) and the
+            others, coordinates and attrs passed through.
+        """
+        return _xarray.apply_dataset(
+            self._obj, shifts, dim=dim, spatial_dims=spatial_dims, **options
         )

@@ -1,0 +1,110 @@
+"""Real data layouts: channels, Datasets and labelled stores (issue 15)."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import fourier_moved, raise_if_dask_computes, smooth_image
+
+from xreg import XregError, io
+
+GREEN = smooth_image((80, 72), seed=3) * 1000  # activity channel
+RED = smooth_image((80, 72), sigma=2.5, seed=4) * 500  # structural channel
+TRUTH = np.random.default_rng(7).uniform(-4, 4, (12, 2))
+INTERIOR = (slice(None), slice(8, -8), slice(8, -8))
+
+
+def two_channel_movie(backend="numpy", chunk=4) -> xr.DataArray:
+    """(time, channel, y, x): both channels moved by the same known displacements."""
+    frames = np.stack([fourier_moved(RED, TRUTH), fourier_moved(GREEN, TRUTH)], axis=1)
+    movie = xr.DataArray(
+        frames.astype(np.float32),
+        dims=("time", "channel", "y", "x"),
+        coords={
+            "time": np.arange(len(TRUTH)) * 0.5,
+            "channel": ["red", "green"],
+            "trial": ("time", np.repeat([1, 2, 3], 4)),
+        },
+        name="movie",
+        attrs={"units": "counts"},
+    )
+    return movie.chunk(time=chunk) if backend == "dask" else movie
+
+
+def assert_matches_unmoved(fixed: xr.DataArray, channel: str) -> None:
+    """The registered channel equals its unmoved image away from the border."""
+    still = {"red": RED, "green": GREEN}[channel]
+    error = np.abs(fixed.sel(channel=channel).values[INTERIOR] - still[INTERIOR[1:]]).max()
+    moved = np.abs(fourier_moved(still, TRUTH)[INTERIOR] - still[INTERIOR[1:]]).max()
+    assert error < 0.02 * np.abs(still).mean() < moved
+
+
+def test_register_on_one_channel_apply_to_all(backend):
+    movie = two_channel_movie(backend)
+    shifts = movie.sel(channel="red").reg.estimate(RED, upsample_factor=20)
+    np.testing.assert_allclose(shifts.values, TRUTH, atol=0.05)
+    with raise_if_dask_computes():
+        fixed = movie.reg.apply(shifts, order=3)
+    assert fixed.dims == movie.dims and (fixed.chunks is None) == (backend == "numpy")
+    xr.testing.assert_identical(fixed.coords.to_dataset(), movie.coords.to_dataset())
+    assert_matches_unmoved(fixed, "red")
+    assert_matches_unmoved(fixed, "green")
+
+
+def test_channel_broadcast_in_any_dim_order_and_chunking():
+    movie = two_channel_movie()
+    shifts = movie.sel(channel="red").reg.estimate(RED, upsample_factor=20)
+    expected = movie.reg.apply(shifts)
+    shuffled = movie.transpose("channel", "y", "time", "x").chunk(time=5, channel=1)
+    fixed = shuffled.reg.apply(shifts)
+    assert fixed.dims == shuffled.dims
+    xr.testing.assert_allclose(fixed.transpose(*movie.dims).compute(), expected)
+
+
+def test_estimate_on_a_movie_with_channels_shows_the_fix():
+    movie = two_channel_movie()
+    with pytest.raises(XregError, match=r"movie\.sel\(channel=\.\.\.\)\.reg\.estimate"):
+        movie.reg.estimate(RED)
+    with pytest.raises(XregError, match=r"movie\.sel\(channel=\.\.\.\)"):
+        movie.reg.reference()
+    # A dim whose name does not say it is a channel: spatial_dims says so.
+    cameras = movie.rename(channel="view")
+    with pytest.raises(XregError, match=r"sel\(view=\.\.\.\)"):
+        cameras.reg.estimate(RED, spatial_dims=("y", "x"))
+    with pytest.raises(XregError, match="spatial_dims"):
+        cameras.reg.estimate(RED, spatial_dims=("y", "q"))
+    shifts = cameras.sel(view="red").reg.estimate(RED, spatial_dims=("y", "x"))
+    with pytest.raises(XregError, match="spatial_dims"):
+        cameras.reg.apply(shifts.values)  # numpy shifts, and `view` looks spatial
+    fixed = cameras.reg.apply(shifts.values, spatial_dims=("y", "x"))
+    xr.testing.assert_identical(fixed, cameras.reg.apply(shifts))
+
+
+def test_dataset_estimate_on_one_variable_apply_to_all(backend):
+    movie = two_channel_movie(backend)
+    ds = xr.Dataset(
+        {
+            "red": movie.sel(channel="red", drop=True),
+            "green": movie.sel(channel="green", drop=True),
+            "both": movie,
+            "speed": ("time", np.linspace(0, 1, len(TRUTH))),
+            "mask": (("y", "x"), np.ones(RED.shape, bool)),
+        },
+        attrs={"session": "m12"},
+    )
+    shifts = ds.reg.estimate(RED, var="red", upsample_factor=20)
+    xr.testing.assert_identical(shifts, ds.red.reg.estimate(RED, upsample_factor=20))
+    with raise_if_dask_computes():
+        fixed = ds.reg.apply(shifts, order=3)
+    assert list(fixed.data_vars) == list(ds.data_vars) and fixed.attrs == ds.attrs
+    xr.testing.assert_identical(fixed.speed, ds.speed)
+    xr.testing.assert_identical(fixed.mask, ds.mask)
+    for name in ("red", "green", "both"):
+        assert (fixed[name].chunks is None) == (backend == "numpy")
+        xr.testing.assert_identical(fixed[name], ds[name].reg.apply(shifts, order=3))
+    assert_matches_unmoved(fixed.both, "green")
+    with pytest.raises(XregError, match="var="):
+        ds.reg.estimate(RED)  # three movies: which one?
+    with pytest.raises(XregError, match="no variable 'blue'"):
+        ds.reg.estimate(RED, var="blue")
+    with pytest.raises(XregError, match="No variable"):
+        ds[["speed"]].reg.apply(shifts)

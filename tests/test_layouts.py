@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 from conftest import fourier_moved, raise_if_dask_computes, smooth_image
 
-from xreg import XregError, io
+from xreg import XregError
 
 GREEN = smooth_image((80, 72), seed=3) * 1000  # activity channel
 RED = smooth_image((80, 72), sigma=2.5, seed=4) * 500  # structural channel

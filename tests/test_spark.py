@@ -1,5 +1,6 @@
 """xreg.spark on a real local Spark session."""
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,7 @@ def test_estimate_and_apply_match_the_accessor(spark_context):
     rdd = xspark.to_rdd(local, spark_context, npartitions=3)
     shifts = xspark.estimate(rdd, IMAGE, upsample_factor=20, time=local.time)
     expected = local.reg.estimate(IMAGE, upsample_factor=20)
-    xr.testing.assert_allclose(shifts, expected, atol=1e-9)
-    assert shifts.attrs == {k: v for k, v in expected.attrs.items() if k != "reference_method"}
+    xr.testing.assert_identical(shifts, expected)
     registered = xspark.from_rdd(xspark.apply(rdd, shifts))
     np.testing.assert_allclose(registered.values, local.reg.apply(expected).values, atol=1e-4)
 
@@ -53,8 +53,7 @@ def test_piecewise_estimate_and_apply_match_the_accessor(spark_context):
     shifts = xspark.estimate(rdd, IMAGE[:, :48], time=local.time, **options)
     expected = local.reg.estimate(IMAGE[:, :48], **options)
     assert shifts.dims == ("time", "block_y", "block_x", "axis")
-    xr.testing.assert_allclose(shifts, expected, atol=1e-9)
-    assert shifts.attrs == {k: v for k, v in expected.attrs.items() if k != "reference_method"}
+    xr.testing.assert_identical(shifts, expected)
     registered = xspark.from_rdd(xspark.apply(rdd, shifts))
     np.testing.assert_allclose(registered.values, local.reg.apply(expected).values, atol=1e-4)
     with pytest.raises(XregError, match="whole frames"):
@@ -162,3 +161,87 @@ def test_scan_phase_estimate_and_correction_match_the_accessor(spark_context):
     )
     with pytest.raises(XregError, match="quarter"):
         xspark.correct_scan_phase(rdd, 40.0)
+
+
+def labelled_movie(backend="numpy"):
+    """A movie with the labels users keep: time, a per-frame trial, µm pixels, attrs."""
+    local = movie(backend).assign_coords(
+        trial=("time", np.repeat([1, 2, 3], [8, 8, 7])),
+        y=("y", 0.5 * np.arange(64), {"units": "µm"}),
+        x=("x", 0.5 * np.arange(48), {"units": "µm"}),
+    )
+    return local.rename(time="frame_time")
+
+
+def test_estimate_is_identical_to_the_accessor_with_the_movies_labels(spark_context, tmp_path):
+    local = labelled_movie()
+    ref = local.isel(frame_time=0)
+    expected = local.reg.estimate(ref, dim="frame_time")
+    assert expected.pixel_size.values.tolist() == [0.5, 0.5]
+    io.to_zarr(local.to_dataset(), tmp_path / "labelled.zarr")
+    rdd = xspark.to_rdd(local, spark_context, dim="frame_time", npartitions=3)
+    records = spark_context.parallelize(rdd.collect(), 2)  # built by hand: no labels
+    cases = {
+        "to_rdd": xspark.estimate(rdd, ref),
+        "derived": xspark.estimate(rdd.map(lambda r: (r[0], r[1] * 1)).cache(), ref),
+        "from_zarr": xspark.estimate(
+            xspark.from_zarr(spark_context, tmp_path / "labelled.zarr", "movie", dim="frame_time"),
+            ref,
+        ),
+        "template": xspark.estimate(records, ref, template=local, dim="frame_time"),
+    }
+    for name, shifts in cases.items():
+        try:
+            xr.testing.assert_identical(shifts, expected)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from error
+    fixed = xspark.from_rdd(xspark.apply(rdd, cases["to_rdd"]))  # labelled again
+    lazy = local.reg.apply(cases["to_rdd"], dim="frame_time")  # labels line up
+    xr.testing.assert_allclose(fixed, lazy, atol=1e-4)
+    xr.testing.assert_identical(fixed.coords.to_dataset(), local.coords.to_dataset())
+    assert fixed.attrs == local.attrs and fixed.name == local.name
+    with pytest.raises(XregError, match="template=movie"):
+        xspark.estimate(rdd.filter(lambda r: r[0][0] < 5), ref)
+
+
+def test_to_rdd_keeps_tasks_small(spark_context, tmp_path):
+    """No 'task of very large size' warning: Spark's own log, captured to a file."""
+    big = xr.DataArray(np.ones((24, 256, 256), np.float32), dims=("time", "y", "x"))  # 6 MB
+    log = tmp_path / "spark.log"
+    with spark_warnings(spark_context, log):
+        control = spark_context.parallelize([((i,), f) for i, f in enumerate(big.values)], 2)
+        assert control.count() == 24
+    assert "very large size" in log.read_text()  # the capture works
+    log.unlink()
+    with spark_warnings(spark_context, log):
+        for backend in ("numpy", "dask"):
+            rdd = xspark.to_rdd(big if backend == "numpy" else big.chunk(time=6), spark_context)
+            assert rdd.map(lambda r: float(r[1].sum())).sum() == big.size
+    assert "very large size" not in log.read_text()
+
+
+@contextlib.contextmanager
+def spark_warnings(sc, path):
+    """Spark's scheduler warnings written to ``path`` while the block runs (log4j 2)."""
+    log4j = sc._jvm.org.apache.logging.log4j
+    context = log4j.LogManager.getContext(False)
+    config = context.getConfiguration()
+    appender = (
+        log4j.core.appender.FileAppender.newBuilder()
+        .withFileName(str(path))
+        .setName("xreg-test")
+        .setLayout(log4j.core.layout.PatternLayout.createDefaultLayout())
+        .build()
+    )
+    appender.start()
+    name = "org.apache.spark.scheduler.TaskSetManager"
+    logger = log4j.core.config.LoggerConfig(name, log4j.Level.WARN, False)
+    logger.addAppender(appender, log4j.Level.WARN, None)
+    config.addLogger(name, logger)
+    context.updateLoggers()
+    try:
+        yield
+    finally:
+        config.removeLogger(name)
+        context.updateLoggers()
+        appender.stop()

@@ -21,6 +21,7 @@ QUALITY = "quality"
 BAD_FRAME = "bad_frame"
 BAD_FRAME_CHOICES = ("apply", "leave", "interpolate")
 DISPLACEMENT = "displacement"
+PIXEL_SIZE = "pixel_size"
 
 
 # --------------------------------------------------------------------------- checks
@@ -88,7 +89,8 @@ def check_spatial_dims(spatial_dims, dims, dim) -> tuple[Hashable, ...]:
     """``spatial_dims`` as a tuple, after checking they are distinct dims of the movie."""
     if isinstance(spatial_dims, str) or not isinstance(spatial_dims, Sequence):
         raise XregError(
-            f"`spatial_dims` must be a sequence of dim names, e.g. ('y', 'x'); got {spatial_dims!r}."
+            "`spatial_dims` must be a sequence of dim names, e.g. ('y', 'x'); "
+            f"got {spatial_dims!r}."
         )
     spatial = tuple(spatial_dims)
     unknown = [d for d in spatial if d not in dims or d == dim]
@@ -277,9 +279,10 @@ def estimate(
     attrs.update(
         estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
     )
-    return displacements(
+    shifts = displacements(
         values, plan, time_coords(da, dim), dim, spatial, attrs, smooth, min_quality
     )
+    return with_pixel_size(shifts, da.coords, spatial)
 
 
 def displacements(values, plan, labels, dim, spatial, attrs, smooth=None, min_quality=None):
@@ -305,6 +308,49 @@ def displacements(values, plan, labels, dim, spatial, attrs, smooth=None, min_qu
         flat = block_shifts.reshape(len(values), -1)
         block_shifts = core.rolling_median(flat, int(smooth), bad).reshape(block_shifts.shape)
     return piecewise_array(block_shifts, blocks[..., ndim], rigid, plan.grid, spatial, min_quality)
+
+
+def with_pixel_size(shifts: xr.DataArray, coords, spatial) -> xr.DataArray:
+    """``shifts`` with a ``pixel_size`` coordinate along ``axis``, if the movie has one.
+
+    The pixel size along an axis is the step of its coordinate in ``coords``; it
+    is there only when every spatial coordinate is numeric and evenly spaced.
+    """
+    steps, units = [], set()
+    for d in spatial:
+        if d not in coords or coords[d].ndim != 1 or coords[d].dtype.kind not in "iuf":
+            return shifts
+        values = np.asarray(coords[d].values, dtype=np.float64)
+        if len(values) < 2:
+            return shifts
+        step = (values[-1] - values[0]) / (len(values) - 1)
+        if step == 0 or not np.allclose(np.diff(values), step, rtol=1e-6, atol=0):
+            return shifts
+        steps.append(float(step))
+        units.add(coords[d].attrs.get("units"))
+    attrs = {"long_name": "coordinate step along each axis (signed)"}
+    if len(units) == 1 and None not in units:
+        attrs["units"] = units.pop()
+    return shifts.assign_coords({PIXEL_SIZE: (AXIS, steps, attrs)})
+
+
+def physical(shifts: xr.DataArray) -> xr.DataArray:
+    """See :meth:`xreg.accessor.RegAccessor.physical`."""
+    if not isinstance(shifts, xr.DataArray) or AXIS not in shifts.dims:
+        raise XregError("`physical` is for displacement arrays, as `estimate` returns them.")
+    if PIXEL_SIZE not in shifts.coords:
+        raise XregError(
+            "These displacements have no `pixel_size` coordinate: the movie's spatial "
+            "coordinates were missing or not evenly spaced. Give the movie coordinates "
+            "in physical units before estimating, e.g. "
+            "`movie.assign_coords(y=0.5 * np.arange(movie.sizes['y']), x=...)`, or "
+            "multiply by the pixel size yourself."
+        )
+    size = shifts[PIXEL_SIZE]
+    out = shifts * size
+    out.attrs = dict(shifts.attrs, units=size.attrs.get("units", "coordinate units"))
+    out.attrs["long_name"] = shifts.attrs.get("long_name", "displacement") + ", in coordinate units"
+    return out.rename(shifts.name)
 
 
 def block_dims(spatial) -> list[str]:

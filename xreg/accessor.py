@@ -352,6 +352,35 @@ class RegAccessor:
         True
         """
         return _metrics.metrics(self._obj, registered, border=border, dim=dim)
+    def physical(self) -> xr.DataArray:
+        """These displacements in the units of the movie's spatial coordinates (µm).
+
+        :meth:`estimate` adds a ``pixel_size`` coordinate along ``axis`` (the step
+        of each spatial coordinate, with its ``units``) when the movie's spatial
+        coordinates are numeric and evenly spaced; this multiplies by it.
+
+        Returns
+        -------
+        xarray.DataArray
+            Same dims and coords; attrs ``units`` from the coordinates'.
+
+        Raises
+        ------
+        XregError
+            If the displacements have no ``pixel_size`` coordinate.
+
+        Examples
+        --------
+        >>> import numpy as np, xreg
+        >>> movie, truth = xreg.datasets.add_motion(xreg.datasets.mouse(n_frames=8), seed=0)
+        >>> movie = movie.assign_coords(y=0.5 * np.arange(64), x=0.5 * np.arange(64))
+        >>> movie.y.attrs["units"] = movie.x.attrs["units"] = "µm"
+        >>> shifts = movie.reg.estimate(movie.isel(time=0))
+        >>> shifts.pixel_size.values.tolist(), shifts.reg.physical().attrs["units"]
+        ([0.5, 0.5], 'µm')
+        """
+        return _xarray.physical(self._obj)
+
 
     def scan_phase(
         self,

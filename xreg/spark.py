@@ -5,6 +5,13 @@ are read and registered on the executors; only the small displacement table
 comes back to the driver.  The reference's transform is prepared once on the
 driver and shipped to the executors in a broadcast variable.
 
+Labels: the keys are frame positions; the movie's labels (its frame dim and
+per-frame coordinates, spatial dims and coordinates, name and attrs) ride on the
+RDD that :func:`to_rdd` or :func:`from_zarr` returns, and on the RDDs derived
+from it by ``map``/``mapPartitions``/``filter`` (found through their lineage), so
+that :func:`estimate` returns what ``movie.reg.estimate`` returns.  An RDD built
+otherwise (``parallelize``, ``union``, a shuffle) has none: pass ``template=movie``.
+
 Needs ``pip install xreg[spark]`` (pyspark); importing :mod:`xreg` never imports
 pyspark.
 """
@@ -12,6 +19,7 @@ pyspark.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -66,6 +74,52 @@ def _ordered(keys: Sequence[int]) -> np.ndarray:
     return order
 
 
+LABELS = "xreg_labels"  # the attribute of an RDD that holds its movie's labels
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """A movie's labels without its data (small: sent nowhere, kept on the driver)."""
+
+    dim: Hashable
+    spatial: tuple
+    shape: tuple  # of one frame
+    coords: dict  # name -> xarray.Variable along the frame dim or the spatial dims
+    name: Hashable
+    attrs: dict
+
+    @classmethod
+    def of(cls, da: xr.DataArray, dim: Hashable = "time") -> _Labels:
+        # Only the labels are loaded (a store may chunk them unlike the movie).
+        loaded = {
+            n: xr.Variable(c.dims, np.asarray(c.values), c.attrs) for n, c in da.coords.items()
+        }
+        da = da.assign_coords(loaded)
+        spatial = _xarray.frame_dims(da, dim)
+        coords = {n: c for n, c in loaded.items() if set(c.dims) <= {dim, *spatial}}
+        shape = tuple(da.sizes[d] for d in spatial)
+        return cls(dim, spatial, shape, coords, da.name, dict(da.attrs))
+
+    def along(self, dims) -> dict:
+        """The coordinates whose dims are all in ``dims``."""
+        return {n: c for n, c in self.coords.items() if set(c.dims) <= set(dims)}
+
+
+def _labelled(rdd, labels: _Labels):
+    setattr(rdd, LABELS, labels)
+    return rdd
+
+
+def labels_of(rdd) -> _Labels | None:
+    """The labels of the movie an RDD came from, through its lineage; None if unknown."""
+    while rdd is not None:
+        labels = getattr(rdd, LABELS, None)
+        if labels is not None:
+            return labels
+        rdd = getattr(rdd, "prev", None)  # PipelinedRDD: map, mapPartitions, filter, ...
+    return None
+
+
 def _partition_bounds(n: int, npartitions: int) -> list[tuple[int, int]]:
     edges = np.linspace(0, n, max(1, min(npartitions, n)) + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -96,28 +150,36 @@ def to_rdd(da: xr.DataArray, sc, *, dim: Hashable = "time", npartitions: int | N
     -------
     pyspark.RDD
         Records ``((i,), frame)`` with ``frame`` a numpy array in the spatial dims'
-        order.  A Dask-backed array is read partition by partition on the
-        executors (the array's graph is broadcast, not its data); a numpy-backed
-        one is sent from the driver, where it already is.
+        order, carrying the movie's labels for :func:`estimate` and
+        :func:`from_rdd`.  A Dask-backed array is read partition by partition on
+        the executors (its graph is broadcast); a numpy-backed one is broadcast
+        from the driver (each executor holds a copy).  Tasks stay small either
+        way: no data rides in a task.
     """
-    spatial = _xarray.frame_dims(da, dim)
-    da = da.transpose(dim, *spatial)
+    labels = _Labels.of(da, dim)
+    da = da.transpose(dim, *labels.spatial)
     n = da.sizes[dim]
     bounds = _partition_bounds(n, npartitions or sc.defaultParallelism)
     if da.chunks is None:
-        values = da.values
-        records = [((i,), values[i]) for i in range(n)]
-        return sc.parallelize(records, len(bounds))
-    # The task closure carries the graph that reads the data (cloudpickled), not the data.
-    lazy = da.variable
+        # Broadcast, not parallelize: a task then carries no frames (Spark warns past
+        # 1 MB a task).  One broadcast, as per-partition RDDs in a union ran 10 x slower.
+        data = sc.broadcast(np.ascontiguousarray(da.values))
 
-    def read(bounds_iter):
+        def read(bounds_iter):
+            for start, stop in bounds_iter:
+                for index in range(start, stop):
+                    yield (index,), data.value[index]
+
+        return _labelled(sc.parallelize(bounds, len(bounds)).mapPartitions(read), labels)
+    graph = sc.broadcast(da.variable)  # the graph that reads the data (for Zarr: no data)
+
+    def read_lazily(bounds_iter):
         for start, stop in bounds_iter:
-            frames = _frames_of(xr.DataArray(lazy), start, stop, dim)
+            frames = _frames_of(xr.DataArray(graph.value), start, stop, dim)
             for offset, frame in enumerate(frames):
                 yield (start + offset,), frame
 
-    return sc.parallelize(bounds, len(bounds)).mapPartitions(read)
+    return _labelled(sc.parallelize(bounds, len(bounds)).mapPartitions(read_lazily), labels)
 
 
 def from_zarr(sc, path, var: str, *, dim: Hashable = "time", npartitions: int | None = None):
@@ -137,13 +199,14 @@ def from_zarr(sc, path, var: str, *, dim: Hashable = "time", npartitions: int | 
     Returns
     -------
     pyspark.RDD
-        Records ``((i,), frame)``; only the store's metadata is read on the driver.
+        Records ``((i,), frame)``, carrying the movie's labels; only the store's
+        metadata and labels are read on the driver.
     """
     path = str(path)
     with xr.open_zarr(path) as dataset:
         if var not in dataset:
             raise XregError(f"{path} has no variable {var!r}; it has {list(dataset.data_vars)}.")
-        _xarray.frame_dims(dataset[var], dim)
+        labels = _Labels.of(dataset[var], dim)
         n = dataset.sizes[dim]
     bounds = _partition_bounds(n, npartitions or sc.defaultParallelism)
 
@@ -154,7 +217,7 @@ def from_zarr(sc, path, var: str, *, dim: Hashable = "time", npartitions: int | 
             for offset, frame in enumerate(frames):
                 yield (start + offset,), frame
 
-    return sc.parallelize(bounds, len(bounds)).mapPartitions(read)
+    return _labelled(sc.parallelize(bounds, len(bounds)).mapPartitions(read), labels)
 
 
 def from_rdd(
@@ -172,9 +235,12 @@ def from_rdd(
     rdd : pyspark.RDD
         Records keyed ``(i,)`` (or ``i``), for i = 0..n-1, each once, in any order.
     dims : sequence of hashable, optional
-        Default ``("time", "y", "x")`` or ``("time", "z", "y", "x")``.
+        Default: the movie's, for an RDD from :func:`to_rdd` or :func:`from_zarr`
+        (or derived from one, as :func:`apply` returns); else ``("time", "y", "x")``
+        or ``("time", "z", "y", "x")``.
     coords, attrs, name
-        Passed to :class:`xarray.DataArray`.
+        Passed to :class:`xarray.DataArray`; default: the movie's (its spatial
+        coordinates only if the frames kept their shape).
 
     Returns
     -------
@@ -194,6 +260,15 @@ def from_rdd(
     if len(shapes) != 1:
         raise XregError(f"Frames differ in shape: {sorted(shapes)}.")
     frames = np.stack([records[i][1] for i in order])
+    labels = labels_of(rdd)
+    if labels is not None and len(labels.spatial) == frames.ndim - 1:
+        dims = (labels.dim, *labels.spatial) if dims is None else dims
+        same = frames.shape[1:] == labels.shape
+        kept = labels.along((labels.dim, *labels.spatial) if same else (labels.dim,))
+        if all(c.shape == frames.shape[:1] for c in labels.along((labels.dim,)).values()):
+            coords = kept if coords is None else coords
+        attrs = labels.attrs if attrs is None else attrs
+        name = labels.name if name is None else name
     if dims is None:
         dims = ("time", "y", "x") if frames.ndim == 3 else ("time", "z", "y", "x")
     return xr.DataArray(frames, dims=tuple(dims), coords=coords, attrs=attrs, name=name)
@@ -208,6 +283,8 @@ def estimate(
     whole_frame: bool = False,
     axis: int | None = None,
     time=None,
+    template: xr.DataArray | None = None,
+    dim: Hashable = "time",
     bad_frame_threshold: float = 6.0,
     clip=_xarray.CLIP_PERCENTILES,
     method: str = "rigid",
@@ -233,7 +310,15 @@ def estimate(
     axis : int, optional
         Register each plane along this axis of volume frames on its own (rigid only).
     time : array-like, optional
-        Values for the ``time`` coordinate (default: the frame index).
+        Values for the frame coordinate, replacing the labels'.
+    template : xarray.DataArray, optional
+        The movie the frames come from (lazy is fine: only its labels are read),
+        for an RDD that carries no labels (not made by :func:`to_rdd` or
+        :func:`from_zarr`, nor derived from one by ``map``-like steps).  Without
+        labels the frame coordinate is the frame index and the spatial dims are
+        ``y, x`` (``z, y, x``).
+    dim : hashable, default "time"
+        The frame dim of ``template``.
     bad_frame_threshold : float, default 6.0
         As in :meth:`~xreg.accessor.RegAccessor.estimate`.
     clip : (float, float) or None, default (1, 99)
@@ -246,9 +331,16 @@ def estimate(
     -------
     xarray.DataArray
         ``displacement``, dims ``(time, axis)`` (per plane: ``(time, plane, axis)``;
-        piecewise: ``(time, block_y, block_x, axis)``, as the accessor's).
+        piecewise: ``(time, block_y, block_x, axis)``): for a labelled RDD,
+        identical to ``movie.reg.estimate(reference, ...)`` (coordinates, attrs),
+        given the same reference.
     """
-    reference = np.asarray(reference.values if isinstance(reference, xr.DataArray) else reference)
+    labels = labels_of(rdd) if template is None else _Labels.of(template, dim)
+    if isinstance(reference, xr.DataArray):
+        if labels is not None and set(reference.dims) == set(labels.spatial):
+            reference = reference.transpose(*labels.spatial)
+        reference = reference.values
+    reference = np.asarray(reference)
     if reference.ndim not in (2, 3):
         raise XregError(f"The reference must be one 2-D or 3-D frame; got shape {reference.shape}.")
     if axis is not None:
@@ -342,27 +434,41 @@ def estimate(
     order = _ordered([k for k, _ in results])
     table = np.stack([results[i][1] for i in order])  # (n, planes, columns)
     n = len(table)
-    labels = {"time": np.arange(n) if time is None else np.asarray(time)}
-    spatial = ("y", "x") if reference.ndim - (axis is not None) == 2 else ("z", "y", "x")
+    if labels is None:
+        frame_dim, all_spatial, coords = "time", ("z", "y", "x")[-reference.ndim :], {}
+        per_frame = {"time": np.arange(n)}
+    else:
+        frame_dim, all_spatial, coords = labels.dim, labels.spatial, labels.coords
+        per_frame = labels.along((frame_dim,))
+        sizes = {len(c) for c in per_frame.values()} - {n}
+        if sizes:
+            raise XregError(
+                f"The RDD has {n} frames, but the movie it is labelled with has "
+                f"{sizes.pop()}. Pass the movie these frames come from: `template=movie`."
+            )
+    if time is not None:
+        per_frame[frame_dim] = np.asarray(time)
     plan = plans.value[0]
     rigid_plan = plan.rigid if piecewise else plan
-    attrs = _xarray.estimate_attrs(
-        rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip
+    attrs = {"reference_method": "given"}  # as the accessor's, given a reference
+    attrs.update(
+        _xarray.estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
     )
     plans.unpersist()
     if axis is None:
-        return _xarray.displacements(
-            table[:, 0], plan, labels, "time", spatial, attrs, min_quality=min_quality
+        shifts = _xarray.displacements(
+            table[:, 0], plan, per_frame, frame_dim, all_spatial, attrs, min_quality=min_quality
         )
-    plane_dim = ("z", "y", "x")[axis]
-    in_plane = [d for d in ("z", "y", "x") if d != plane_dim]
+        return _xarray.with_pixel_size(shifts, coords, all_spatial)
+    plane_dim = all_spatial[axis]
+    in_plane = [str(d) for d in all_spatial if d != plane_dim]
     shifts = xr.DataArray(
         table[:, :, :-1],
-        dims=("time", plane_dim, _xarray.AXIS),
+        dims=(frame_dim, plane_dim, _xarray.AXIS),
         coords={
-            **labels,
+            **per_frame,
             _xarray.AXIS: in_plane,
-            _xarray.QUALITY: (("time", plane_dim), table[:, :, -1]),
+            _xarray.QUALITY: ((frame_dim, plane_dim), table[:, :, -1]),
         },
         name=_xarray.DISPLACEMENT,
         attrs=attrs,

@@ -108,3 +108,21 @@ def test_dataset_estimate_on_one_variable_apply_to_all(backend):
         ds.reg.estimate(RED, var="blue")
     with pytest.raises(XregError, match="No variable"):
         ds[["speed"]].reg.apply(shifts)
+
+
+def test_displacements_in_physical_units(backend):
+    movie = two_channel_movie(backend).sel(channel="red")
+    um = movie.assign_coords(
+        y=("y", 10 + 0.5 * np.arange(80), {"units": "µm"}),
+        x=("x", -0.25 * np.arange(72), {"units": "µm"}),  # a decreasing axis: signed step
+    )
+    shifts = um.reg.estimate(RED, upsample_factor=20)
+    np.testing.assert_array_equal(shifts.pixel_size, [0.5, -0.25])
+    physical = shifts.reg.physical()
+    assert physical.attrs["units"] == "µm" and physical.dims == shifts.dims
+    np.testing.assert_allclose(physical.values, TRUTH * [0.5, -0.25], atol=0.05 * 0.5)
+    uneven = movie.assign_coords(y=np.r_[0, np.cumsum(np.linspace(1, 2, 79))], x=np.arange(72.0))
+    assert "pixel_size" not in uneven.reg.estimate(RED).coords
+    with pytest.raises(XregError, match="pixel_size"):
+        uneven.reg.estimate(RED).reg.physical()
+    assert "pixel_size" not in movie.reg.estimate(RED).coords  # no spatial coords at all

@@ -72,6 +72,8 @@ def test_estimate_on_a_movie_with_channels_shows_the_fix():
         cameras.reg.estimate(RED, spatial_dims=("y", "x"))
     with pytest.raises(XregError, match="spatial_dims"):
         cameras.reg.estimate(RED, spatial_dims=("y", "q"))
+    with pytest.raises(XregError, match="tuple of dim names"):
+        cameras.reg.apply(np.zeros((12, 2)), spatial_dims="yx")
     shifts = cameras.sel(view="red").reg.estimate(RED, spatial_dims=("y", "x"))
     with pytest.raises(XregError, match="spatial_dims"):
         cameras.reg.apply(shifts.values)  # numpy shifts, and `view` looks spatial

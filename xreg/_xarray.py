@@ -58,7 +58,7 @@ def split_dims(
     if spatial_dims is None:
         spatial = tuple(d for d in others if d not in EXTRA_DIMS)
     else:
-        spatial = check_spatial_dims(spatial_dims, da.dims, dim)
+        spatial = validate.dim_names(spatial_dims, "spatial_dims", da.dims, exclude=(dim,))
     extra = tuple(d for d in others if d not in spatial)
     if len(spatial) not in (2, 3):
         raise XregError(
@@ -83,23 +83,6 @@ def split_dims(
                 f"chunk in space. Chunk over {dim!r} only: `da.chunk({fix})`."
             )
     return spatial, extra
-
-
-def check_spatial_dims(spatial_dims, dims, dim) -> tuple[Hashable, ...]:
-    """``spatial_dims`` as a tuple, after checking they are distinct dims of the movie."""
-    if isinstance(spatial_dims, str) or not isinstance(spatial_dims, Sequence):
-        raise XregError(
-            "`spatial_dims` must be a sequence of dim names, e.g. ('y', 'x'); "
-            f"got {spatial_dims!r}."
-        )
-    spatial = tuple(spatial_dims)
-    unknown = [d for d in spatial if d not in dims or d == dim]
-    if unknown or len(set(spatial)) != len(spatial):
-        raise XregError(
-            f"`spatial_dims` {spatial} must be distinct dims of the movie other than "
-            f"{dim!r}; its dims are {tuple(dims)}."
-        )
-    return spatial
 
 
 def frame_dims(da: xr.DataArray, dim: Hashable = "time", spatial_dims=None) -> tuple[Hashable, ...]:

@@ -33,6 +33,7 @@ __all__ = [
     "check_max_shift",
     "check_upsample_factor",
     "choice",
+    "dim_names",
     "estimate_options",
     "fill_value",
     "frame_shape",
@@ -168,6 +169,24 @@ def choice(value, name: str, choices):
     if not (isinstance(value, str) and value in choices):
         raise XregError(f"`{name}` must be one of {', '.join(map(str, choices))}; got {value!r}.")
     return value
+
+
+def dim_names(value, name: str, dims, *, exclude=()) -> tuple:
+    """A sequence of distinct names, each one of ``dims`` and none of ``exclude``.
+
+    Raises
+    ------
+    XregError
+        If ``value`` is a string or not a sequence, repeats a name, or names a dim
+        that is not there (or excluded), listing the dims to choose from.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise XregError(f"`{name}` must be a tuple of dim names, e.g. ('y', 'x'); got {value!r}.")
+    names = tuple(value)
+    allowed = [d for d in dims if d not in exclude]
+    if len(set(names)) != len(names) or any(d not in allowed for d in names):
+        raise XregError(f"`{name}` {names} must be distinct dims among {tuple(allowed)}.")
+    return names
 
 
 def per_axis(value, name: str, ndim: int, *, minimum=0, maximum=None) -> tuple[int, ...]:

@@ -1,10 +1,7 @@
 """The xreg command and out-of-core runs, on real Zarr stores and TIFF files on disk."""
 
-import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,7 @@ import tifffile
 import xarray as xr
 
 import xreg
-from xreg import cli, io
+from xreg import io
 from xreg.cli import main
 
 
@@ -66,8 +63,16 @@ def test_register_tiff_and_estimate_csv(tmp_path):
         assert run("estimate", stack, table, "--reference", "mean", "--quiet") == 0
         shifts = io.read_displacement(table)
         assert shifts.dims == ("time", "axis") and list(shifts.axis.values) == ["y", "x"]
-        np.testing.assert_allclose(shifts.values, expected.values)
-        np.testing.assert_allclose(shifts.quality.values, expected.quality.values)
+        # The CSV holds numbers rounded to a millionth; the binary formats hold them exactly.
+        decimals = io.CSV_DECIMALS if suffix == ".csv" else 15
+        np.testing.assert_allclose(shifts.values, np.round(expected.values, decimals))
+        np.testing.assert_allclose(shifts.quality.values, np.round(expected.quality, decimals))
+        np.testing.assert_array_equal(shifts.bad_frame.values, expected.bad_frame.values)
+    text = (tmp_path / "shifts.csv").read_text()
+    assert text.splitlines()[0] == "time,y,x,quality,bad_frame"
+    # Every number as short as it is precise: no float noise such as -0.09999999999999432.
+    numbers = [v for line in text.splitlines()[1:] for v in line.split(",")[1:3]]
+    assert max(len(v.lstrip("-").split(".")[-1]) for v in numbers) <= 2
 
 
 def test_output_that_is_not_ours_is_refused(tmp_path, capsys):
@@ -180,62 +185,6 @@ def test_help_on_each_subcommand():
             [sys.executable, "-m", "xreg", *command], capture_output=True, text=True
         )
         assert result.returncode == 0 and "usage: xreg" in result.stdout
-
-
-def _chunk_files(store: Path, var: str) -> dict:
-    return {p.relative_to(store): p.read_bytes() for p in (store / var).rglob("*") if p.is_file()}
-
-
-def test_killed_run_resumes_to_identical_output(tmp_path):
-    source = tmp_path / "in.zarr"
-    make_store(source, n_frames=1500, chunk=10, shape=(96, 96))
-    command = [
-        sys.executable,
-        "-m",
-        "xreg",
-        "register",
-        str(source),
-        "--workers",
-        "1",
-        "--reference",
-        "first:50",
-        "--quiet",
-    ]
-    clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
-    subprocess.run(command[:5] + [str(clean)] + command[5:], check=True)
-
-    process = subprocess.Popen(command[:5] + [str(killed)] + command[5:])
-    done_file = killed / io.DONE_FILE
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if done_file.exists() and len(done_file.read_text().split()) >= 5:
-            break
-        time.sleep(0.005)
-    assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    state = json.loads((killed / io.RUN_FILE).read_text())
-    finished = len(done_file.read_text().split())
-    assert state["stage"] == "writing" and 5 <= finished < 150
-
-    subprocess.run(command[:5] + [str(killed)] + command[5:], check=True)
-    assert json.loads((killed / io.RUN_FILE).read_text())["stage"] == "complete"
-    a, b = open_output(clean), open_output(killed)
-    xr.testing.assert_identical(a, b)
-    assert _chunk_files(clean, "movie") == _chunk_files(killed, "movie")
-
-
-def test_killed_during_estimate_resumes(tmp_path):
-    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
-    make_store(source, n_frames=30)
-    # What a run killed mid-estimate leaves: its record and some debris.
-    output.mkdir()
-    settings = cli._settings(cli._parser().parse_args(["register", str(source), str(output)]))
-    (output / io.RUN_FILE).write_text(json.dumps({"settings": settings, "stage": "estimating"}))
-    (output / "debris").write_text("half-written")
-    assert run("register", source, output, "--quiet") == 0
-    assert not (output / "debris").exists()
-    assert open_output(output)["movie"].shape == (30, 64, 64)
 
 
 def test_lazy_pipeline_end_to_end_with_default_scheduler_and_local_cluster(tmp_path):

@@ -7,6 +7,7 @@ delegates, and the core never sees a label.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -129,6 +130,32 @@ def time_coords(da: xr.DataArray, dim: Hashable) -> dict:
     return {name: coord for name, coord in da.coords.items() if coord.dims == (dim,)}
 
 
+def labels_chunked_like_movie(da: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+    """``da`` with its Dask-backed coordinates chunked as the movie is.
+
+    A label stored plain beside a chunked movie (``trial`` along ``time``) opens with
+    its own chunks, and xarray then refuses the DataArray's chunk sizes ("inconsistent
+    chunks"). Rechunking the label (lazily) to the movie's chunks keeps it, and the
+    label's stored chunking, which no longer holds, is dropped from its encoding so
+    that ``to_zarr`` writes it afresh.
+    """
+    if da.chunks is None or dim not in da.dims:
+        return da
+    chunks = dict(zip(da.dims, da.chunks, strict=True))
+    fixed = {}
+    for name, coord in da.coords.items():
+        if coord.chunks is None or name in da.dims:
+            continue
+        wanted = tuple(chunks[d] for d in coord.dims)
+        if coord.chunks != wanted:
+            coord = coord.chunk(dict(zip(coord.dims, wanted, strict=True)))
+            coord.encoding = {
+                k: v for k, v in coord.encoding.items() if k not in ("chunks", "preferred_chunks")
+            }
+            fixed[name] = coord
+    return da.assign_coords(fixed) if fixed else da
+
+
 # --------------------------------------------------------------------------- estimate
 
 
@@ -180,7 +207,19 @@ METHODS = validate.METHODS
 CLIP_PERCENTILES = (1, 99)
 
 
-def estimate(
+class Estimator(NamedTuple):
+    """What estimating needs, prepared once: the plan and the per-chunk function."""
+
+    spatial: tuple
+    plan: object  # core.ReferencePlan or core.PiecewisePlan
+    function: object  # frames -> (n, width) table
+    width: int
+    kwargs: dict  # of ``function``, besides the frames, the plan and ``workers``
+    attrs: dict  # of the displacement array
+    options: dict  # every estimate option, checked (validate.estimate_options)
+
+
+def prepare_estimate(
     da: xr.DataArray,
     reference=None,
     *,
@@ -196,11 +235,10 @@ def estimate(
     clip=CLIP_PERCENTILES,
     whole_frame: bool = False,
     spatial_dims=None,
-) -> xr.DataArray:
-    """See :meth:`xreg.accessor.RegAccessor.estimate`.
+) -> Estimator:
+    """Check the options, build the reference if none is given, prepare its plan.
 
-    ``whole_frame=True`` correlates whole frames circularly over every shift (no
-    border window): thunder-registration's CrossCorr, for the model API.
+    Shared by :func:`estimate` and the one-pass pipeline (:mod:`xreg.pipeline`).
     """
     spatial = frame_dims(da, dim, spatial_dims)
     # Every option checked before any work (building a reference can take a while).
@@ -233,9 +271,7 @@ def estimate(
         reference = build_reference(
             da, dim=dim, max_shift=max_shift, clip=clip, spatial_dims=spatial
         )
-        attrs.update({f"reference_{k}": v for k, v in reference.attrs.items()})
-    else:
-        attrs["reference_method"] = "given"
+    attrs.update(reference_attrs(reference))
     reference = reference_array(reference, da, spatial)
     bounds = core.clip_bounds(reference, clip)
     ndim = len(spatial)
@@ -243,29 +279,75 @@ def estimate(
         plan = core.prepare_piecewise(
             reference, block_size=block_size, overlap=overlap, max_shift=max_shift, clip=bounds
         )
-        values = _per_frame(
-            da,
-            dim,
-            spatial,
-            _estimate_piecewise_chunk,
-            (ndim + 1) * (1 + int(np.prod(plan.grid.grid_shape))),
-            plan=plan,
-            upsample_factor=upsample_factor,
-            min_quality=min_quality,
-        )
-        rigid_plan = plan.rigid
+        function, rigid_plan = _estimate_piecewise_chunk, plan.rigid
+        width = (ndim + 1) * (1 + int(np.prod(plan.grid.grid_shape)))
+        kwargs = {"upsample_factor": upsample_factor, "min_quality": min_quality}
     else:
         plan = rigid_plan = make_plan(reference, max_shift, whole_frame, bounds)
-        values = _per_frame(
-            da, dim, spatial, _estimate_chunk, ndim + 1, plan=plan, upsample_factor=upsample_factor
-        )
+        function, width, kwargs = _estimate_chunk, ndim + 1, {"upsample_factor": upsample_factor}
     attrs.update(
         estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
     )
-    shifts = displacements(
-        values, plan, time_coords(da, dim), dim, spatial, attrs, smooth, min_quality
+    return Estimator(spatial, plan, function, width, kwargs, attrs, options)
+
+
+def reference_attrs(reference) -> dict:
+    """How the reference was made, for the displacement's attrs (``reference_*``).
+
+    A reference that records its ``method`` in its attrs (as :func:`build_reference`
+    does) passes its attrs on; any other reference is ``given``.
+    """
+    attrs = getattr(reference, "attrs", {})
+    if "method" not in attrs:
+        return {"reference_method": "given"}
+    return {f"reference_{k}": v for k, v in attrs.items()}
+
+
+def estimate(
+    da: xr.DataArray,
+    reference=None,
+    *,
+    upsample_factor: int = 10,
+    dim: Hashable = "time",
+    max_shift=None,
+    smooth: int | None = None,
+    bad_frame_threshold: float = 6.0,
+    method: str = "rigid",
+    block_size=(128, 128),
+    overlap: float = 0.5,
+    min_quality: float = 0.3,
+    clip=CLIP_PERCENTILES,
+    whole_frame: bool = False,
+    spatial_dims=None,
+) -> xr.DataArray:
+    """See :meth:`xreg.accessor.RegAccessor.estimate`.
+
+    ``whole_frame=True`` correlates whole frames circularly over every shift (no
+    border window): thunder-registration's CrossCorr, for the model API.
+    """
+    da = labels_chunked_like_movie(da, dim)
+    est = prepare_estimate(
+        da,
+        reference,
+        upsample_factor=upsample_factor,
+        dim=dim,
+        max_shift=max_shift,
+        smooth=smooth,
+        bad_frame_threshold=bad_frame_threshold,
+        method=method,
+        block_size=block_size,
+        overlap=overlap,
+        min_quality=min_quality,
+        clip=clip,
+        whole_frame=whole_frame,
+        spatial_dims=spatial_dims,
     )
-    return with_pixel_size(shifts, da.coords, spatial)
+    values = _per_frame(da, dim, est.spatial, est.function, est.width, plan=est.plan, **est.kwargs)
+    smooth, min_quality = est.options["smooth"], est.options["min_quality"]
+    shifts = displacements(
+        values, est.plan, time_coords(da, dim), dim, est.spatial, est.attrs, smooth, min_quality
+    )
+    return with_pixel_size(shifts, da.coords, est.spatial)
 
 
 def displacements(values, plan, labels, dim, spatial, attrs, smooth=None, min_quality=None):
@@ -535,6 +617,7 @@ def apply(
     spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.apply`."""
+    da = labels_chunked_like_movie(da, dim)
     if spatial_dims is None:
         spatial_dims = shifts_axes(shifts, da)
     spatial, _ = split_dims(da, dim, spatial_dims)
@@ -629,6 +712,7 @@ def build_reference(
     spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.reference`."""
+    da = labels_chunked_like_movie(da, dim)
     spatial = frame_dims(da, dim, spatial_dims)
     options = validate.reference_options(
         tuple(da.sizes[d] for d in spatial),

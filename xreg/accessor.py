@@ -6,7 +6,7 @@ from collections.abc import Hashable
 
 import xarray as xr
 
-from . import _metrics, _scanphase, _xarray
+from . import _metrics, _scanphase, _xarray, pipeline
 
 
 @xr.register_dataarray_accessor("reg")
@@ -274,6 +274,67 @@ class RegAccessor:
             bad_frames=bad_frames,
             dim=dim,
             spatial_dims=spatial_dims,
+        )
+
+    def register(
+        self,
+        reference=None,
+        *,
+        order: int = 1,
+        mode: str = "nearest",
+        cval: float = 0.0,
+        bad_frames: str = "apply",
+        dim: Hashable = "time",
+        **estimate_options,
+    ) -> tuple[xr.DataArray, xr.DataArray]:
+        """Estimate and apply in one pass: the registered movie and its displacements.
+
+        For a Dask-backed movie both are lazy and are two views of one graph, with one
+        task per chunk that reads the chunk once, estimates its displacements and moves
+        its frames back; computing or writing both together (``xr.Dataset({...}).to_zarr``
+        or ``dask.compute``) reads each chunk once.  ``movie.reg.estimate`` followed by
+        ``movie.reg.apply`` reads it twice.
+
+        Parameters
+        ----------
+        reference : xarray.DataArray or numpy.ndarray, optional
+            As in :meth:`estimate`.  ``None`` builds one with :meth:`reference` first
+            (this reads the sampled frames now; the rest stays lazy).
+        order, mode, cval, bad_frames, dim
+            As in :meth:`apply`.
+        **estimate_options
+            Those of :meth:`estimate` (``upsample_factor``, ``method``, ``clip``, ...).
+
+        Returns
+        -------
+        fixed : xarray.DataArray
+            As :meth:`apply` returns it.
+        shifts : xarray.DataArray
+            As :meth:`estimate` returns it, but lazy for a Dask-backed movie.
+
+        Notes
+        -----
+        ``smooth`` and ``bad_frames="leave"`` or ``"interpolate"`` make a frame's
+        displacement depend on other frames', so they take two passes: the
+        displacements are estimated (and computed) first, then applied lazily.
+
+        Examples
+        --------
+        >>> import xreg
+        >>> movie, truth = xreg.datasets.add_motion(xreg.datasets.mouse(n_frames=20), seed=0)
+        >>> fixed, shifts = movie.chunk(time=10).reg.register(movie.isel(time=0))
+        >>> fixed.chunks is not None, shifts.dims
+        (True, ('time', 'axis'))
+        """
+        return pipeline.register(
+            self._obj,
+            reference,
+            order=order,
+            mode=mode,
+            cval=cval,
+            bad_frames=bad_frames,
+            dim=dim,
+            **estimate_options,
         )
 
     def field(self) -> xr.DataArray:

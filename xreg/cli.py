@@ -15,6 +15,7 @@ from pathlib import Path
 from . import validate
 from ._xarray import CLIP_PERCENTILES
 from .errors import XregError
+from .pipeline import COMPRESSIONS
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -124,10 +125,18 @@ def _parser() -> argparse.ArgumentParser:
         help="register a movie into a new Zarr store (resumes if interrupted)",
         description="Estimate each frame's displacement, move the frames back and write "
         "the registered movie, the displacements and the reference to OUTPUT (Zarr). "
-        "Streams chunk by chunk; if killed, the same command resumes where it stopped.",
+        "One pass: each chunk is read once, estimated, moved back and written; if killed, "
+        "the same command resumes from the chunks already written.",
     )
     common(register)
     register.add_argument("output", help="the Zarr store to create")
+    register.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        default=COMPRESSIONS[0],
+        help="of the registered movie: Blosc at level 1 with zstd (default) or lz4, or "
+        "none (see benchmarks/RESULTS.md for speed against size)",
+    )
 
     estimate = commands.add_parser(
         "estimate",
@@ -149,15 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
 def _progress(total: int, quiet: bool, label: str):
-    if quiet:
-        yield lambda frames: None
-        return
-    from tqdm import tqdm
+    from .pipeline import progress_bar
 
-    with tqdm(total=total, unit="frame", desc=label, file=sys.stderr) as bar:
-        yield bar.update
+    return progress_bar(total, quiet=quiet, label=label)
 
 
 @contextmanager
@@ -191,29 +195,30 @@ def _settings(args) -> dict:
         "var": args.var,
         "reference": args.reference,
         "chunk_frames": args.chunk_frames,
+        "compression": args.compression,
         # Every estimator setting, so that a run made with other settings is not resumed.
         "estimate": options,
     }
 
 
 def run_register(args) -> int:
-    from . import io
+    from . import io, pipeline
 
     movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise XregError("OUTPUT is the INPUT; xreg never writes into its input.")
     _check_options(args, movie)
     n = movie.sizes["time"]
-    with _scheduler(args.workers), _progress(2 * n, args.quiet, "estimate+write") as update:
-        io.register_to_zarr(
+    with _scheduler(args.workers), _progress(n, args.quiet, "register") as update:
+        pipeline.run(
             movie,
-            args.output,
+            str(args.output),
             reference=lambda: io.open_reference(args.reference, movie, clip=args.clip),
             settings=_settings(args),
             estimate_options=_estimate_options(args),
             overwrite=args.overwrite,
-            workers=args.workers,
-            progress=lambda stage, frames: update(frames),
+            compression=args.compression,
+            progress=update,
         )
     if not args.quiet:
         print(f"registered {n} frames into {args.output}", file=sys.stderr)
@@ -240,7 +245,8 @@ def run_estimate(args) -> int:
 def run_demo(args) -> int:
     from .demo import run
 
-    return run(Path(args.output), n_frames=args.frames, quiet=args.quiet)
+    with _scheduler(None):
+        return run(Path(args.output), n_frames=args.frames, quiet=args.quiet)
 
 
 def _return_freed_memory_to_the_system() -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, io
-from .cli import main
+from . import datasets, io, pipeline
 
 
 def run(folder: Path, *, n_frames: int = 400, quiet: bool = False) -> int:
@@ -28,12 +27,17 @@ def run(folder: Path, *, n_frames: int = 400, quiet: bool = False) -> int:
     io.to_zarr(dataset, source)
     print(f"made {source}: {n_frames} frames of 256 x 256, drift up to 6 px and 2 jumps")
 
-    code = main(
-        ["register", str(source), str(output), "--var", "movie", "--overwrite"]
-        + (["--quiet"] if quiet else [])
-    )
-    if code:
-        return code
+    # What `xreg register SOURCE OUTPUT --overwrite` runs.
+    movie = io.open_movie(source, "movie")
+    with pipeline.progress_bar(n_frames, quiet=quiet) as update:
+        pipeline.run(
+            movie,
+            str(output),
+            reference=lambda: movie.reg.reference(),
+            settings={"input": str(source.resolve()), "demo": True},
+            overwrite=True,
+            progress=update,
+        )
     estimate = io.read_displacement(output)
     error = estimate - truth.values
     error = error - error.median("time")

@@ -1,18 +1,14 @@
-"""Reading movies (Zarr, TIFF), writing results (Zarr, netCDF, CSV), resumable runs.
+"""Reading movies (Zarr, TIFF) and writing results (Zarr, netCDF, CSV).
 
-:func:`register_to_zarr` is what ``xreg register`` runs: estimate, then apply and
-write chunk by chunk, recording each finished chunk so that a killed run resumes
-where it stopped and ends with the same bytes as an uninterrupted one.
+A whole registration run (``xreg register``) is :func:`xreg.pipeline.run`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +23,11 @@ __all__ = [
     "open_movie",
     "open_reference",
     "read_displacement",
-    "register_to_zarr",
     "to_zarr",
     "write_displacement",
 ]
 
-RUN_FILE = "xreg-run.json"  # inside OUTPUT: the settings and state of the run that owns it
-DONE_FILE = "xreg-done.txt"  # inside OUTPUT: one line per output chunk fully written
+CSV_DECIMALS = 6  # a millionth of a pixel: far below any estimate's precision
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
 
@@ -43,7 +37,7 @@ def _zarr_quietly():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-        # Our run records (xreg-run.json, xreg-done.txt) live inside the output store.
+        # Our run records (xreg-run.json, xreg-done/) live inside the output store.
         warnings.filterwarnings("ignore", message="Object at xreg-")
         yield
 
@@ -172,10 +166,11 @@ def open_reference(
     else is a file: ``.npy``, a TIFF, or a Zarr/netCDF whose first variable is a frame.
     """
     spatial = [d for d in movie.dims if d != "time"]
+    # Each kind records its `method`, which the displacements carry as `reference_method`.
     if spec == "auto":
         return movie.reg.reference(clip=clip)
     if spec == "mean":
-        return movie.mean("time").compute()
+        return movie.mean("time").compute().assign_attrs(method="mean of all frames")
     if spec.startswith("first:"):
         try:
             count = int(spec.split(":", 1)[1])
@@ -183,7 +178,8 @@ def open_reference(
             count = 0
         if count < 1:
             raise XregError(f"--reference {spec}: N must be a positive whole number (first:10).")
-        return movie.isel(time=slice(0, count)).mean("time").compute()
+        first = movie.isel(time=slice(0, count)).mean("time").compute()
+        return first.assign_attrs(method=f"mean of the first {count} frames")
     path = Path(spec)
     if not path.exists():
         raise XregError(f"--reference {spec}: not a file, and not one of auto, mean, first:N.")
@@ -202,7 +198,7 @@ def open_reference(
             f"--reference {spec}: holds an array of shape {image.shape}; expected one frame "
             f"of the movie's {len(spatial)} spatial dims {tuple(spatial)}."
         )
-    return xr.DataArray(image, dims=spatial)
+    return xr.DataArray(image, dims=spatial, attrs={"method": f"file {spec}"})
 
 
 def check_displacement_path(path, *, overwrite: bool = False, blocks: bool = False) -> Path:
@@ -232,16 +228,20 @@ def check_displacement_path(path, *, overwrite: bool = False, blocks: bool = Fal
 def write_displacement(shifts: xr.DataArray, path, *, overwrite: bool = False) -> None:
     """Save displacements as Zarr (``.zarr``), netCDF (``.nc``) or CSV (``.csv``).
 
-    The CSV has one row per frame: the time coordinate, one column per axis and
-    the quality.
+    The CSV has one row per frame: the time coordinate, one column per axis, the
+    quality and ``bad_frame``; numbers are rounded to ``CSV_DECIMALS`` decimals (a
+    millionth of a pixel), so that they read as written (``-0.1``, not
+    ``-0.09999999999999432``).
     """
     path = check_displacement_path(path, overwrite=overwrite, blocks=shifts.ndim > 2)
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if path.suffix == ".csv":
-        table = shifts.to_pandas()
+        table = shifts.to_pandas().round(CSV_DECIMALS)
         table.columns = [str(c) for c in table.columns]
-        table[_xarray.QUALITY] = shifts[_xarray.QUALITY].values
+        table[_xarray.QUALITY] = np.round(shifts[_xarray.QUALITY].values, CSV_DECIMALS)
+        if _xarray.BAD_FRAME in shifts.coords:
+            table[_xarray.BAD_FRAME] = shifts[_xarray.BAD_FRAME].values
         table.to_csv(path)
     elif path.suffix == ".nc":
         shifts.to_dataset().to_netcdf(path)
@@ -261,14 +261,16 @@ def read_displacement(path) -> xr.DataArray:
                 f"{path}: expected the CSV `xreg estimate` writes (time, one column per "
                 f"axis, {_xarray.QUALITY}); got columns {list(table.columns)}."
             )
-        quality = table.pop(_xarray.QUALITY)
+        labels = {_xarray.QUALITY: ("time", table.pop(_xarray.QUALITY).values)}
+        if _xarray.BAD_FRAME in table:
+            labels[_xarray.BAD_FRAME] = ("time", table.pop(_xarray.BAD_FRAME).values.astype(bool))
         shifts = xr.DataArray(
             table.values,
             dims=("time", _xarray.AXIS),
             coords={"time": table.index.values, _xarray.AXIS: list(table.columns)},
             name=_xarray.DISPLACEMENT,
         )
-        return DisplacementArray(shifts.assign_coords({_xarray.QUALITY: ("time", quality.values)}))
+        return DisplacementArray(shifts.assign_coords(labels))
     engine = "zarr" if _is_zarr(path) else None
     with _zarr_quietly(), xr.open_dataset(path, engine=engine) as dataset:
         if _xarray.DISPLACEMENT not in dataset:
@@ -279,168 +281,3 @@ def read_displacement(path) -> xr.DataArray:
         shifts = dataset[_xarray.DISPLACEMENT].load()
     axes = [str(a) for a in shifts[_xarray.AXIS].values]
     return DisplacementArray(shifts.assign_coords({_xarray.AXIS: axes}))  # .plot() draws lines
-
-
-# ----------------------------------------------------------------------------- resumable runs
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def _claim_output(output: Path, settings: dict, overwrite: bool) -> dict | None:
-    """Make OUTPUT ours. Returns the recorded state of a matching earlier run, if any."""
-    run_file = output / RUN_FILE
-    if output.exists():
-        if overwrite:
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        elif not run_file.exists():
-            raise XregError(
-                f"{output} exists and was not started by xreg register; "
-                "pass --overwrite to replace it."
-            )
-        else:
-            state = json.loads(run_file.read_text())
-            if state.get("settings") != settings:
-                raise XregError(
-                    f"{output} holds a run with other settings or input; pass --overwrite "
-                    "to start again, or repeat the earlier command to resume it."
-                )
-            return state
-    output.mkdir(parents=True)
-    state = {"settings": settings, "stage": "estimating"}
-    _atomic_write(run_file, json.dumps(state, indent=1))
-    return state
-
-
-def _clear_except_run_file(output: Path) -> None:
-    for entry in output.iterdir():
-        if entry.name != RUN_FILE:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
-def _chunk_groups(movie: xr.DataArray, group: int):
-    """Consecutive groups of ``group`` time chunks: (chunk indices, frame slice)."""
-    bounds = np.cumsum((0,) + movie.chunksizes["time"])
-    count = len(bounds) - 1
-    for first in range(0, count, group):
-        last = min(first + group, count)
-        yield range(first, last), slice(int(bounds[first]), int(bounds[last]))
-
-
-def register_to_zarr(
-    movie: xr.DataArray,
-    output,
-    *,
-    reference: Callable[[], xr.DataArray],
-    settings: dict,
-    estimate_options: dict | None = None,
-    overwrite: bool = False,
-    workers: int | None = None,
-    progress: Callable[[str, int], None] | None = None,
-) -> xr.Dataset:
-    """Register ``movie`` into a new Zarr store, resumably.
-
-    Parameters
-    ----------
-    movie : xarray.DataArray
-        Dask-backed movie, ``(time, ...)``, chunked over time.
-    output : path-like
-        The Zarr store to create.  If it holds an unfinished run with the same
-        ``settings``, that run resumes; a store this function did not start is
-        never touched unless ``overwrite``.
-    reference : callable
-        Returns the reference; called only when displacements must be estimated.
-    settings : dict
-        JSON-serialisable description of the run (input, options); a resumed run
-        must match it.
-    estimate_options : dict, optional
-        Keyword arguments of :meth:`xreg.accessor.RegAccessor.estimate` (for example
-        ``upsample_factor``, ``method="piecewise"``, ``block_size``).
-    overwrite : bool, default False
-    workers : int, optional
-        Chunks computed at once (default: all cores); memory grows with it.
-    progress : callable, optional
-        Called as ``progress(stage, frames)`` when frames are done, ``stage`` being
-        ``"estimate"`` or ``"write"``.
-
-    Returns
-    -------
-    xarray.Dataset
-        The output store, opened lazily: the registered movie (same name, dims,
-        coords, attrs, dtype and chunks as ``movie``), ``displacement`` and
-        ``reference``.
-
-    Notes
-    -----
-    The output is written chunk group by chunk group; a group is recorded in
-    ``xreg-done.txt`` only after its data are on disk, so a run killed at any point
-    resumes by rewriting at most the groups it was writing.  Every value is a
-    deterministic function of the input, so the result is identical to an
-    uninterrupted run's.
-    """
-    output = Path(output)
-    name = movie.name if movie.name is not None else "movie"
-    group = workers or os.cpu_count() or 1
-    state = _claim_output(output, settings, overwrite)
-    run_file = output / RUN_FILE
-    done_file = output / DONE_FILE
-    report = progress or (lambda stage, frames: None)
-
-    if state["stage"] == "estimating":
-        _clear_except_run_file(output)  # anything here is from a run killed mid-estimate
-        ref = reference()
-        parts = []
-        for _, frames in _chunk_groups(movie, group):
-            part = movie.isel(time=frames).reg.estimate(ref, **(estimate_options or {}))
-            parts.append(part)
-            report("estimate", frames.stop - frames.start)
-        shifts = xr.concat(parts, dim="time", combine_attrs="override")
-        template = xr.Dataset(
-            {
-                name: movie.reg.apply(shifts),
-                _xarray.DISPLACEMENT: shifts,
-                "reference": ref.astype(np.float32),
-            },
-            attrs={"history": "registered by xreg"},
-        )
-        for variable in template.variables.values():
-            variable.encoding = {}
-        # Stored in the movie's time chunks: `quality` becomes a coordinate of the whole
-        # store, and chunks that disagree along time would trip up readers.
-        frames_per_chunk = movie.chunksizes["time"][0]
-        for name_along_time in [_xarray.DISPLACEMENT, *shifts.coords]:
-            variable = template[name_along_time].variable
-            if variable.dims[:1] == ("time",) and name_along_time != "time":
-                variable.encoding["chunks"] = (frames_per_chunk,) + variable.shape[1:]
-        # Writes metadata, coordinates and the small variables; the movie comes later.
-        to_zarr(template, output, mode="a", compute=False)
-        state["stage"] = "writing"
-        _atomic_write(run_file, json.dumps(state, indent=1))
-
-    with _zarr_quietly():
-        shifts = xr.open_zarr(output)[_xarray.DISPLACEMENT].load()
-    fixed = movie.reg.apply(shifts)
-    unlabelled = [c for c in fixed.coords if "time" not in fixed[c].dims]
-    done = set(done_file.read_text().split()) if done_file.exists() else set()
-    with open(done_file, "a") as log:
-        for chunks, frames in _chunk_groups(movie, group):
-            if all(str(i) in done for i in chunks):
-                report("write", frames.stop - frames.start)
-                continue
-            region = {"time": frames}
-            part = fixed.isel(region).to_dataset(name=name).drop_vars(unlabelled)
-            to_zarr(part, output, region=region)
-            log.write("".join(f"{i}\n" for i in chunks))
-            log.flush()
-            os.fsync(log.fileno())
-            report("write", frames.stop - frames.start)
-    state["stage"] = "complete"
-    _atomic_write(run_file, json.dumps(state, indent=1))
-    with _zarr_quietly():
-        return xr.open_zarr(output)

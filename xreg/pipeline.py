@@ -1,0 +1,539 @@
+"""One registration run: the reference, then one task per chunk, then writing.
+
+Every chunk is read once: the task that reads it estimates its frames' displacements
+against the reference plan (prepared once, one key of the graph, shared by every task)
+and moves the frames back at once.  :func:`register` gives the result lazily, as two
+views of that one graph (the registered movie and its displacements); :func:`run` is
+what ``xreg register`` and ``xreg demo`` run: the same graph, written chunk by chunk
+into a Zarr store that records each finished chunk, so that a killed run resumes where
+it stopped and ends with the same bytes as an uninterrupted one.
+
+Stores are named by strings (paths or fsspec URLs); the run's own records are written
+through an fsspec mapper, not the local file system, so that they live in the output
+store wherever it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Hashable
+from typing import NamedTuple
+
+import dask
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+from dask.callbacks import Callback
+from threadpoolctl import threadpool_limits
+
+from . import _xarray, core, validate
+from .errors import XregError
+
+__all__ = ["register", "run"]
+
+RUN_FILE = "xreg-run.json"  # in the output store: the settings and stage of the run
+DONE_PREFIX = "xreg-done/"  # in the output store: one object per finished chunk
+
+
+# --------------------------------------------------------------------------- the lazy pass
+
+
+class Pass(NamedTuple):
+    """One registration pass, prepared: what every chunk's task needs."""
+
+    estimator: _xarray.Estimator
+    interpolation: dict  # order, mode, cval
+    dim: Hashable
+    min_quality: float
+
+
+def prepare(
+    da: xr.DataArray,
+    reference=None,
+    *,
+    dim: Hashable = "time",
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+    **estimate_options,
+) -> Pass:
+    """Check every option and prepare the reference plan (building the reference if None).
+
+    ``estimate_options`` are those of :meth:`xreg.accessor.RegAccessor.estimate`
+    (``smooth`` excepted: it needs a second pass).
+    """
+    order, mode = validate.interpolation(order, mode)
+    cval = validate.fill_value(cval, da.dtype)
+    estimator = _xarray.prepare_estimate(da, reference, dim=dim, **estimate_options)
+    interpolation = {"order": order, "mode": mode, "cval": cval}
+    return Pass(estimator, interpolation, dim, estimator.options["min_quality"])
+
+
+def _register_frames(frames, plan, *, function, kwargs, interpolation, workers):
+    """Estimate and apply on one stack of frames ``(n, *frame)``: (registered, table)."""
+    table = function(frames, plan=plan, workers=workers, **kwargs)
+    ndim = frames.ndim - 1
+    if isinstance(plan, core.PiecewisePlan):
+        n, grid = len(frames), plan.grid
+        blocks = table[:, ndim + 1 :].reshape((n,) + grid.grid_shape + (ndim + 1,))
+        fixed = core.warp_frames(frames, blocks[..., :ndim], grid, **interpolation)
+    else:
+        fixed = core.shift_frames(frames, table[:, :ndim], **interpolation)
+    return fixed, table
+
+
+def _register_block(frames, plan, *, function, kwargs, interpolation):
+    """One chunk's task: a one-item object array holding (registered frames, table)."""
+    pair = np.empty(1, dtype=object)
+    # Dask runs chunks in parallel: one thread each, as `estimate` does.
+    pair[0] = _register_frames(
+        frames, plan, function=function, kwargs=kwargs, interpolation=interpolation, workers=1
+    )
+    return pair
+
+
+def _first(pair):
+    return pair[0][0]
+
+
+def _second(pair):
+    return pair[0][1]
+
+
+def lazy_pairs(data: dsa.Array, step: Pass) -> dsa.Array:
+    """One task per time chunk of ``data`` (dims ``(time, *frame)``): (registered, table).
+
+    The plan enters the graph once, as one key that every task depends on.
+    """
+    est = step.estimator
+    plan = dask.delayed(est.plan, pure=True)
+    return dsa.map_blocks(
+        _register_block,
+        data,
+        plan,
+        function=est.function,
+        kwargs=est.kwargs,
+        interpolation=step.interpolation,
+        dtype=object,
+        drop_axis=list(range(1, data.ndim)),
+        chunks=((1,) * len(data.chunks[0]),),
+        meta=np.empty((0,), dtype=object),
+    )
+
+
+def _views(pairs: dsa.Array, data: dsa.Array, width: int, dtype) -> tuple[dsa.Array, dsa.Array]:
+    """The registered frames and the (n, width) table, two views of the same tasks."""
+    fixed = pairs.map_blocks(
+        _first,
+        new_axis=list(range(1, data.ndim)),
+        chunks=data.chunks,
+        dtype=dtype,
+        meta=np.empty((0,) * data.ndim, dtype=dtype),
+    )
+    table = pairs.map_blocks(
+        _second,
+        new_axis=[1],
+        chunks=(data.chunks[0], (width,)),
+        dtype=np.float64,
+        meta=np.empty((0, 0), dtype=np.float64),
+    )
+    return fixed, table
+
+
+def _flag_bad(quality: np.ndarray, threshold: float) -> np.ndarray:
+    return core.flag_bad_frames(quality, threshold)
+
+
+def lazy_displacements(table: dsa.Array, da: xr.DataArray, step: Pass) -> xr.DataArray:
+    """The displacement DataArray ``estimate`` returns, lazily, from the per-chunk table.
+
+    The layout comes from :func:`xreg._xarray.displacements` (run on a table of
+    zeros); its values are then replaced by lazy views of ``table``.  ``bad_frame``
+    needs every frame's quality: one small task over the whole quality column.
+    """
+    est, dim = step.estimator, step.dim
+    spatial, ndim, n = est.spatial, len(est.spatial), table.shape[0]
+    template = displacements(np.zeros((n, est.width)), da, step)
+    quality = table[:, ndim]
+    bad = (
+        quality.rechunk(-1)
+        .map_blocks(_flag_bad, est.attrs["bad_frame_threshold"], dtype=bool)
+        .rechunk(table.chunks[:1])
+    )
+    values = {_xarray.QUALITY: quality, _xarray.BAD_FRAME: bad}
+    data = table[:, :ndim]
+    if isinstance(est.plan, core.PiecewisePlan):
+        grid_shape = est.plan.grid.grid_shape
+        blocks = table[:, ndim + 1 :].reshape((n,) + grid_shape + (ndim + 1,))
+        values = {
+            _xarray.QUALITY: blocks[..., ndim],
+            "rigid": table[:, :ndim],
+            "rigid_quality": quality,
+            _xarray.BAD_FRAME: bad,
+        }
+        data = blocks[..., :ndim]
+    # Each coordinate keeps its dims and attrs; only its values become lazy.
+    coords = {name: template[name].variable.copy(data=value) for name, value in values.items()}
+    return template.copy(data=data).assign_coords(coords)
+
+
+def displacements(table: np.ndarray, da: xr.DataArray, step: Pass) -> xr.DataArray:
+    """The displacement DataArray ``estimate`` returns, from the computed table."""
+    est, dim = step.estimator, step.dim
+    shifts = _xarray.displacements(
+        table,
+        est.plan,
+        _xarray.time_coords(da, dim),
+        dim,
+        est.spatial,
+        est.attrs,
+        None,
+        step.min_quality,
+    )
+    return _xarray.with_pixel_size(shifts, da.coords, est.spatial)
+
+
+def _registered_like(da: xr.DataArray, frames, dims) -> xr.DataArray:
+    """The registered frames (dims ``dims``) labelled as the movie: dims, coords, attrs."""
+    out = xr.DataArray(frames, dims=dims, coords=da.coords, attrs=da.attrs, name=da.name)
+    out = out.transpose(*da.dims)
+    out.encoding = dict(da.encoding)
+    return out
+
+
+def register(
+    da: xr.DataArray,
+    reference=None,
+    *,
+    dim: Hashable = "time",
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+    bad_frames: str = "apply",
+    **estimate_options,
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """See :meth:`xreg.accessor.RegAccessor.register`."""
+    da = _xarray.labels_chunked_like_movie(da, dim)
+    bad_frames = validate.choice(bad_frames, "bad_frames", _xarray.BAD_FRAME_CHOICES)
+    if estimate_options.get("smooth") or bad_frames != "apply":
+        # Each frame's displacement then depends on its neighbours': two passes.
+        shifts = _xarray.estimate(da, reference, dim=dim, **estimate_options)
+        fixed = _xarray.apply(
+            da, shifts, order=order, mode=mode, cval=cval, bad_frames=bad_frames, dim=dim
+        )
+        return fixed, shifts
+    step = prepare(da, reference, dim=dim, order=order, mode=mode, cval=cval, **estimate_options)
+    est, dims = step.estimator, (dim, *step.estimator.spatial)
+    frames = da.transpose(*dims)
+    if da.chunks is None:
+        fixed, table = _register_frames(
+            frames.values,
+            est.plan,
+            function=est.function,
+            kwargs=est.kwargs,
+            interpolation=step.interpolation,
+            workers=None,
+        )
+        return _registered_like(da, fixed, dims), displacements(table, da, step)
+    data = frames.data
+    fixed, table = _views(lazy_pairs(data, step), data, est.width, da.dtype)
+    return _registered_like(da, fixed, dims), lazy_displacements(table, da, step)
+
+
+# --------------------------------------------------------------------------- resumable runs
+
+
+class RunStore:
+    """The run's own records inside the output store, through an fsspec mapper.
+
+    ``xreg-run.json`` holds the settings and the stage (``started``, ``writing``,
+    ``complete``); ``xreg-done/<chunk>`` holds a finished chunk's estimates (JSON: one
+    row per frame), written only after the chunk's registered frames are stored.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        import fsspec
+
+        self.url = url
+        self.storage_options = storage_options or {}
+        self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        self.mapper = self.fs.get_mapper(self.root)
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.root)
+
+    def record(self) -> dict | None:
+        try:
+            return json.loads(self.mapper[RUN_FILE])
+        except (KeyError, ValueError):
+            return None
+
+    def write_record(self, state: dict) -> None:
+        # Written aside, then moved: a run killed meanwhile leaves the old record whole.
+        temporary = f"{RUN_FILE}.tmp"
+        self.mapper[temporary] = json.dumps(state, indent=1).encode()
+        self.fs.mv(f"{self.root}/{temporary}", f"{self.root}/{RUN_FILE}")
+
+    def remove(self) -> None:
+        self.fs.rm(self.root, recursive=True)
+
+    def clear_except_record(self) -> None:
+        for entry in self.fs.ls(self.root, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] != RUN_FILE:
+                self.fs.rm(entry, recursive=True)
+
+    def mark_done(self, index: int, table: np.ndarray) -> None:
+        self.mapper[f"{DONE_PREFIX}{index}"] = json.dumps(table.tolist()).encode()
+
+    def done(self) -> dict[int, np.ndarray]:
+        """The finished chunks' tables; a record cut short by a kill counts as not done."""
+        try:
+            entries = self.fs.ls(f"{self.root}/{DONE_PREFIX}", detail=False)
+        except FileNotFoundError:
+            return {}
+        tables = {}
+        for entry in entries:
+            index = entry.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                tables[int(index)] = np.array(json.loads(self.mapper[DONE_PREFIX + index]))
+            except (ValueError, KeyError):
+                continue
+        return tables
+
+
+def _claim(store: RunStore, settings: dict, overwrite: bool) -> dict:
+    """Make the output ours; the recorded state of a matching earlier run, if any."""
+    if store.exists():
+        state = store.record()
+        if overwrite:
+            store.remove()
+        elif state is None:
+            raise XregError(
+                f"{store.url} exists and was not started by xreg register; "
+                "pass --overwrite to replace it."
+            )
+        elif state.get("settings") != settings:
+            raise XregError(
+                f"{store.url} holds a run with other settings or input; pass --overwrite "
+                "to start again, or repeat the earlier command to resume it."
+            )
+        else:
+            return state
+    state = {"settings": settings, "stage": "started"}
+    store.fs.makedirs(store.root, exist_ok=True)
+    store.write_record(state)
+    return state
+
+
+COMPRESSIONS = ("zstd", "lz4", "none")
+
+
+def _compressors(compression: str):
+    """Zarr v3 compressors for the registered movie (see docs/DECISIONS.md)."""
+    from zarr.codecs import BloscCodec
+
+    if compression == "none":
+        return None
+    return (BloscCodec(cname=compression, clevel=1, shuffle="shuffle"),)
+
+
+def _write_block(pair, index, *, target, regions, store):
+    """Store one chunk's registered frames, then record it as done: the frames written."""
+    fixed, table = pair[0]
+    chunk = int(index[0])
+    target[regions[chunk]] = fixed
+    store.mark_done(chunk, table)
+    return np.array([len(fixed)])
+
+
+def run(
+    movie: xr.DataArray,
+    output: str,
+    *,
+    reference: Callable[[], xr.DataArray],
+    settings: dict,
+    estimate_options: dict | None = None,
+    overwrite: bool = False,
+    compression: str = "zstd",
+    progress: Callable[[int], None] | None = None,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Register ``movie`` into a new Zarr store in one pass, resumably.
+
+    Parameters
+    ----------
+    movie : xarray.DataArray
+        Dask-backed movie ``(time, ...)``, chunked over time only.
+    output : str
+        The Zarr store to create (a path or an fsspec URL).  If it holds an
+        unfinished run with the same ``settings``, that run resumes from the chunks
+        already done; a store this function did not start is never touched unless
+        ``overwrite``.
+    reference : callable
+        Returns the reference; called once, when the run starts (a resumed run
+        reads it back from the store).
+    settings : dict
+        JSON-serialisable description of the run (input, options); a resumed run
+        must match it.
+    estimate_options : dict, optional
+        Keyword arguments of :meth:`xreg.accessor.RegAccessor.estimate`.
+    overwrite : bool, default False
+    compression : {"zstd", "lz4", "none"}, default "zstd"
+        Of the registered movie (Blosc, level 1, byte shuffle).
+    progress : callable, optional
+        ``progress(frames)``: called first with the frames already done (0 on a fresh
+        run, all of them on a finished store), then as chunks are written.
+    storage_options : dict, optional
+        For fsspec, when ``output`` is a URL.
+
+    Returns
+    -------
+    xarray.Dataset
+        The output store, opened lazily: the registered movie (same name, dims,
+        coords, attrs, dtype and chunks as ``movie``), ``displacement`` and
+        ``reference``.
+
+    Notes
+    -----
+    Stages: ``started`` (the reference is built and the store's layout written),
+    ``writing`` (one graph: per chunk, read, estimate, apply, store the frames,
+    then record the chunk as done with its estimates), ``complete`` (the
+    displacements, flagged for bad frames over the whole movie, are written).  Every
+    value is a deterministic function of the input, so a resumed run's bytes equal
+    an uninterrupted run's.
+    """
+    import zarr
+
+    compression = validate.choice(compression, "compression", COMPRESSIONS)
+    report = progress or (lambda frames: None)
+    store = RunStore(output, storage_options)
+    state = _claim(store, settings, overwrite)
+    if "time" not in movie.dims[:1]:
+        movie = movie.transpose("time", ...)
+    movie = _xarray.labels_chunked_like_movie(movie, "time")
+    name = movie.name if movie.name is not None else "movie"
+    sizes = movie.chunksizes["time"]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(starts[-1])
+    zarr_options = {"storage_options": storage_options} if storage_options else {}
+
+    if state["stage"] == "complete":
+        report(n)
+        with _xarray_zarr_quietly():
+            return xr.open_zarr(output, **zarr_options)
+    if state["stage"] == "started":
+        store.clear_except_record()  # anything here is from a run killed before writing
+        ref = reference()
+        _write_layout(movie, name, ref, output, compression, zarr_options)
+        state["stage"] = "writing"
+        store.write_record(state)
+
+    with _xarray_zarr_quietly():
+        stored = xr.open_zarr(output, **zarr_options)["reference"].load()
+    # The reference as stored: exact (float64), attrs included, so a resumed run
+    # prepares the same plan.
+    step = prepare(movie, stored, **(estimate_options or {}))
+    done = store.done()
+    report(int(sum(sizes[i] for i in done)))
+    todo = [i for i in range(len(sizes)) if i not in done]
+    if todo:
+        target = zarr.open_array(output, path=name, mode="r+", **zarr_options)
+        data = movie.data.blocks[todo]
+        pairs = lazy_pairs(data, step)
+        regions = {i: slice(int(starts[i]), int(starts[i + 1])) for i in todo}
+        written = dsa.map_blocks(
+            _write_block,
+            pairs,
+            dsa.from_array(np.array(todo), chunks=1),
+            target=target,
+            regions=regions,
+            store=store,
+            dtype=np.int64,
+        )
+        with threadpool_limits(limits=1, user_api="blas"), _Progress(written.name, report):
+            written.compute()
+        done = store.done()
+    table = np.concatenate([done[i] for i in range(len(sizes))])
+    shifts = displacements(table, movie, step)
+    _write_displacement(shifts, output, sizes[0], zarr_options)
+    state["stage"] = "complete"
+    store.write_record(state)
+    with _xarray_zarr_quietly():
+        return xr.open_zarr(output, **zarr_options)
+
+
+def _xarray_zarr_quietly():
+    from .io import _zarr_quietly
+
+    return _zarr_quietly()
+
+
+def _write_layout(movie, name, reference, output, compression, zarr_options) -> None:
+    """The store's metadata, the movie's labels and the reference; no frames yet."""
+    from .io import to_zarr
+
+    # Labels are small: computed now, so that they are written with the layout.
+    labels = {c: movie[c].load() for c in movie.coords if c not in movie.dims}
+    layout = xr.Dataset(
+        {name: movie.assign_coords(labels), "reference": reference.astype(np.float64)},
+        attrs={"history": "registered by xreg"},
+    )
+    for variable in layout.variables.values():
+        variable.encoding = {}
+    layout[name].encoding["compressors"] = _compressors(compression)
+    to_zarr(layout, output, mode="a", compute=False, **zarr_options)
+
+
+def _write_displacement(shifts, output, frames_per_chunk, zarr_options) -> None:
+    from .io import to_zarr
+
+    dataset = shifts.drop_vars("time", errors="ignore").to_dataset()
+    # In the movie's time chunks: `quality` becomes a coordinate of the whole store,
+    # and chunks that disagree along time would trip up readers.
+    for variable in dataset.variables.values():
+        variable.encoding = {}
+        if variable.dims[:1] == ("time",):
+            variable.encoding["chunks"] = (frames_per_chunk,) + variable.shape[1:]
+    to_zarr(dataset, output, mode="a", **zarr_options)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, *, quiet: bool = False, label: str = "register"):
+    """A tqdm bar on stderr counting frames 0..total; yields ``update(frames)``.
+
+    The bar appears at the first update, starting there: a resumed run's bar starts
+    at the frames already done, a finished store's is full at once.
+    """
+    if quiet:
+        yield lambda frames: None
+        return
+    from tqdm import tqdm
+
+    bars = []
+
+    def update(frames: int) -> None:
+        if not bars:
+            bar = tqdm(total=total, initial=frames, unit="frame", desc=label, file=sys.stderr)
+            bars.append(bar)
+        else:
+            bars[0].update(frames)
+
+    try:
+        yield update
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+class _Progress(Callback):
+    """Reports the frames of each chunk as its write task finishes."""
+
+    def __init__(self, name: str, report: Callable[[int], None]):
+        super().__init__()
+        self._name, self._report = name, report
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        if isinstance(key, tuple) and key[0] == self._name:
+            self._report(int(result[0]))

@@ -153,8 +153,8 @@ def lazy_displacements(table: dsa.Array, da: xr.DataArray, step: Pass) -> xr.Dat
     zeros); its values are then replaced by lazy views of ``table``.  ``bad_frame``
     needs every frame's quality: one small task over the whole quality column.
     """
-    est, dim = step.estimator, step.dim
-    spatial, ndim, n = est.spatial, len(est.spatial), table.shape[0]
+    est = step.estimator
+    ndim, n = len(est.spatial), table.shape[0]
     template = displacements(np.zeros((n, est.width)), da, step)
     quality = table[:, ndim]
     bad = (

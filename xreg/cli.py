@@ -134,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
         "--compression",
         choices=COMPRESSIONS,
         default=COMPRESSIONS[0],
-        help="of the registered movie: Blosc at level 1 with zstd (default) or lz4, or "
-        "none (see benchmarks/RESULTS.md for speed against size)",
+        help="of the registered movie: Blosc level 1 with zstd or lz4, or none; auto "
+        "(default): zstd for integer movies, none for float ones (benchmarks/RESULTS.md)",
     )
 
     estimate = commands.add_parser(

@@ -327,13 +327,20 @@ def _claim(store: RunStore, settings: dict, overwrite: bool) -> dict:
     return state
 
 
-COMPRESSIONS = ("zstd", "lz4", "none")
+COMPRESSIONS = ("auto", "zstd", "lz4", "none")
 
 
-def _compressors(compression: str):
-    """Zarr v3 compressors for the registered movie (see docs/DECISIONS.md)."""
+def _compressors(compression: str, dtype):
+    """Zarr v3 compressors for the registered movie (figures: benchmarks/RESULTS.md).
+
+    ``auto``: Blosc zstd (level 1, byte shuffle) for integer movies, which it stores
+    in a quarter of their size; none for float movies, whose noisy mantissas it
+    shrinks by 10-17 % only, at several times the cost of writing them raw.
+    """
     from zarr.codecs import BloscCodec
 
+    if compression == "auto":
+        compression = "zstd" if np.dtype(dtype).kind in "iu" else "none"
     if compression == "none":
         return None
     return (BloscCodec(cname=compression, clevel=1, shuffle="shuffle"),)
@@ -356,7 +363,7 @@ def run(
     settings: dict,
     estimate_options: dict | None = None,
     overwrite: bool = False,
-    compression: str = "zstd",
+    compression: str = "auto",
     progress: Callable[[int], None] | None = None,
     storage_options: dict | None = None,
 ) -> xr.Dataset:
@@ -380,8 +387,9 @@ def run(
     estimate_options : dict, optional
         Keyword arguments of :meth:`xreg.accessor.RegAccessor.estimate`.
     overwrite : bool, default False
-    compression : {"zstd", "lz4", "none"}, default "zstd"
-        Of the registered movie (Blosc, level 1, byte shuffle).
+    compression : {"auto", "zstd", "lz4", "none"}, default "auto"
+        Of the registered movie: Blosc (level 1, byte shuffle) with zstd or lz4, or
+        none; ``auto`` is zstd for integer movies and none for float ones.
     progress : callable, optional
         ``progress(frames)``: called first with the frames already done (0 on a fresh
         run, all of them on a finished store), then as chunks are written.
@@ -482,7 +490,7 @@ def _write_layout(movie, name, reference, output, compression, zarr_options) -> 
     )
     for variable in layout.variables.values():
         variable.encoding = {}
-    layout[name].encoding["compressors"] = _compressors(compression)
+    layout[name].encoding["compressors"] = _compressors(compression, movie.dtype)
     to_zarr(layout, output, mode="a", compute=False, **zarr_options)
 
 

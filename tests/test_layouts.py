@@ -1,11 +1,13 @@
 """Real data layouts: channels, Datasets and labelled stores (issue 15)."""
 
+import sys
+
 import numpy as np
 import pytest
 import xarray as xr
 from conftest import fourier_moved, raise_if_dask_computes, smooth_image
 
-from xreg import XregError
+from xreg import XregError, io
 
 GREEN = smooth_image((80, 72), seed=3) * 1000  # activity channel
 RED = smooth_image((80, 72), sigma=2.5, seed=4) * 500  # structural channel
@@ -128,3 +130,94 @@ def test_displacements_in_physical_units(backend):
     with pytest.raises(XregError, match="pixel_size"):
         uneven.reg.estimate(RED).reg.physical()
     assert "pixel_size" not in movie.reg.estimate(RED).coords  # no spatial coords at all
+
+
+# --------------------------------------------------------------------------- files
+
+
+def counts(movie: xr.DataArray) -> np.ndarray:
+    """The movie as uint16 counts, as microscopes save them."""
+    return np.clip(np.round(movie.values), 0, 65535).astype(np.uint16)
+
+
+def assert_registers_on_one_channel(movie: xr.DataArray, channel) -> None:
+    """Read from a file: register on ``channel``, apply to all; both match the truth."""
+    assert movie.dims == ("time", "channel", "y", "x")
+    shifts = movie.sel(channel=channel).reg.estimate(RED, upsample_factor=20)
+    np.testing.assert_allclose(shifts.values, TRUTH, atol=0.05)
+    fixed = movie.reg.apply(shifts, order=3).astype(np.float64)
+    for index, name in enumerate(("red", "green")):
+        assert_matches_unmoved(fixed.isel(channel=index).expand_dims(channel=[name]), name)
+
+
+def test_imagej_hyperstack_and_ome_tiff_with_channels(tmp_path):
+    import tifffile
+
+    data = counts(two_channel_movie())  # (T, C, Y, X)
+    tifffile.imwrite(
+        tmp_path / "hyperstack.tif", data[:, None], imagej=True, metadata={"axes": "TZCYX"}
+    )
+    tifffile.imwrite(tmp_path / "movie.ome.tif", data, metadata={"axes": "TCYX"})
+    for name in ("hyperstack.tif", "movie.ome.tif"):
+        movie = io.open_movie(tmp_path / name)
+        np.testing.assert_array_equal(movie.values, data)
+        assert_registers_on_one_channel(movie, 0)
+
+
+def test_scanimage_interleaved_channels(tmp_path):
+    import tifffile
+
+    data = counts(two_channel_movie())
+    pages = data.reshape((-1,) + data.shape[2:])  # frame 0 red, frame 0 green, frame 1 red, ...
+    # ScanImage 3.x keeps its settings in the description; tifffile names the file's kind.
+    header = "state.configPath='C:'\nstate.acq.numberOfChannelsSave=2\nstate.acq.numberOfFrames=12"
+    tifffile.imwrite(tmp_path / "scan.tif", pages, description=header, metadata=None)
+    movie = io.open_movie(tmp_path / "scan.tif")
+    np.testing.assert_array_equal(movie.values, data)
+    assert_registers_on_one_channel(movie, 0)
+    tifffile.imwrite(tmp_path / "plain.tif", pages, metadata=None)  # no metadata: all frames
+    assert io.open_movie(tmp_path / "plain.tif").dims == ("time", "y", "x")
+
+
+def channel(label, color):
+    window = {"start": 0, "end": 65535, "min": 0, "max": 65535}
+    return {"label": label, "color": color, "window": window}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ome-zarr needs Python 3.11")
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_axes_channels_and_pixel_sizes(tmp_path, version):
+    import warnings
+
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # its own deprecated default
+        from ome_zarr.writer import write_image
+
+    fmt = {"0.4": FormatV04(), "0.5": FormatV05()}[version]
+    data = counts(two_channel_movie())
+    group = zarr.open_group(tmp_path / "image.ome.zarr", mode="w", zarr_format=fmt.zarr_format)
+    write_image(
+        data,
+        group,
+        fmt=fmt,
+        axes=["t", "c", "y", "x"],
+        scale={"t": 0.5, "c": 1.0, "y": 0.8, "x": 0.8},
+        axes_units={"t": "second", "y": "micrometer", "x": "micrometer"},
+        scale_factors=[2],
+        omero={"channels": [channel("red", "FF0000"), channel("green", "00FF00")]},
+    )
+    metadata = {"0.4": ".zattrs", "0.5": "zarr.json"}[version]  # the layout of each version
+    assert f'"{version}"' in (tmp_path / "image.ome.zarr" / metadata).read_text()
+    movie = io.open_movie(tmp_path / "image.ome.zarr")
+    np.testing.assert_array_equal(movie.values, data)  # level 0, not the pyramid
+    assert movie.channel.values.tolist() == ["red", "green"]
+    np.testing.assert_allclose(movie.y, 0.8 * np.arange(data.shape[2]))
+    assert movie.y.attrs["units"] == movie.x.attrs["units"] == "micrometer"
+    np.testing.assert_allclose(movie.time, 0.5 * np.arange(len(TRUTH)))
+    assert_registers_on_one_channel(movie, "red")
+    shifts = movie.sel(channel="red").reg.estimate(RED, upsample_factor=20)
+    np.testing.assert_allclose(shifts.pixel_size, [0.8, 0.8])
+    np.testing.assert_allclose(shifts.reg.physical().values, TRUTH * 0.8, atol=0.05)

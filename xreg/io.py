@@ -70,13 +70,15 @@ def _is_zarr(path: Path) -> bool:
 
 
 def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None) -> xr.DataArray:
-    """Open a movie lazily from a Zarr store or a TIFF stack.
+    """Open a movie lazily from a Zarr store, an OME-Zarr image or a TIFF stack.
 
     Parameters
     ----------
     path : str or path-like
-        A Zarr store (directory) or a TIFF file (read through tifffile's Zarr
-        interface, page by page).
+        A Zarr store (directory), an OME-Zarr image (NGFF 0.4 or 0.5, see
+        :func:`open_ome_zarr`) or a TIFF file (read through tifffile's Zarr
+        interface, page by page, with dims from its metadata: a ``channel`` dim
+        for multi-channel ImageJ, OME and ScanImage files).
     var : str, optional
         The variable of a Zarr store; default: its only data variable.
     chunk_frames : int, optional
@@ -98,6 +100,8 @@ def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None)
     if path.name.lower().endswith(TIFF_SUFFIXES):
         movie = _open_tiff(path)
         chunk_frames = chunk_frames or 64
+    elif path.is_dir() and _is_ome_zarr(path):
+        movie = open_ome_zarr(path)
     elif path.is_dir() and _is_zarr(path):
         try:
             with _zarr_quietly():
@@ -131,29 +135,142 @@ def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None)
         movie = movie.chunk({"time": int(chunk_frames), **{d: -1 for d in spatial}})
     elif movie.chunks is not None and any(len(movie.chunksizes[d]) > 1 for d in spatial):
         movie = movie.chunk({d: -1 for d in spatial})
-    _xarray.frame_dims(movie)  # 2-D or 3-D frames of numbers, or a clear error
+    _xarray.split_dims(movie)  # 2-D or 3-D frames of numbers (+ channels), or a clear error
     return movie
 
 
+# tifffile's axis letters: time, depth, channel (and RGB samples), rows, columns.
+TIFF_DIMS = {"T": "time", "Z": "z", "C": "channel", "S": "channel", "Y": "y", "X": "x"}
+
+
 def _open_tiff(path: Path) -> xr.DataArray:
+    """A TIFF's first series with dims from its metadata (ImageJ, OME, ScanImage).
+
+    tifffile names the axes (``TZCYX`` for an ImageJ hyperstack, ``TCYX`` for an
+    OME-TIFF, ``ZTCYX`` for ScanImage); a plain stack of pages (``I``, ``Q``) is
+    taken as time.  Older ScanImage files keep the channel count in their
+    description; their interleaved pages are split into a ``channel`` dim.
+    """
     import dask.array as dsa
     import tifffile
     import zarr
 
     try:
-        store = tifffile.imread(path, aszarr=True)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, kind = series.axes, series.kind
+            channels = _scanimage_channels(tif) if kind == "scanimage" else 1
+            store = series.aszarr()
         array = zarr.open(store, mode="r")
     except Exception as error:
         raise XregError(f"{path}: not a readable TIFF ({error}).") from error
     if isinstance(array, zarr.Group):  # pyramidal files: the full-resolution level
         array = array["0"]
-    if array.ndim not in (3, 4):
+    data = dsa.from_zarr(array)
+    if "C" in axes and "S" in axes:
+        axes = axes.replace("S", "s")  # RGB samples of each channel: not the channel
+    dims = [TIFF_DIMS.get(a, a.lower()) for a in axes]
+    if "time" not in dims and axes[0] in "IQ":
+        dims[0] = "time"  # a plain stack of pages
+    if channels > 1 and dims[0] == "time" and "channel" not in dims:
+        if data.shape[0] % channels:
+            raise XregError(
+                f"{path}: ScanImage saved {channels} channels, but the file has "
+                f"{data.shape[0]} pages, not a multiple of it."
+            )
+        # Interleaved pages: frame 0 channel 0, frame 0 channel 1, frame 1 channel 0, ...
+        data = data.reshape((data.shape[0] // channels, channels) + data.shape[1:])
+        dims.insert(1, "channel")
+    if len(dims) < 3 or "time" not in dims:
         raise XregError(
-            f"{path}: expected a stack of frames (time, y, x) or (time, z, y, x); "
-            f"got shape {array.shape}."
+            f"{path}: expected a stack of frames (time, [channel,] [z,] y, x); "
+            f"got axes {axes!r} of shape {data.shape}."
         )
-    dims = ("time", "y", "x") if array.ndim == 3 else ("time", "z", "y", "x")
-    return xr.DataArray(dsa.from_zarr(array), dims=dims, name=path.name.split(".")[0])
+    return xr.DataArray(data, dims=tuple(dims), name=path.name.split(".")[0])
+
+
+def _scanimage_channels(tif) -> int:
+    """Channels saved, from an older ScanImage description (3.x, 4, 5); 1 if unsaid."""
+    import re
+
+    text = tif.pages.first.description + "\n" + tif.pages.first.software
+    found = re.search(r"(?:numberOfChannelsSave|channelsSave|channelSave)\s*=\s*(\S+)", text)
+    if not found:
+        return 1
+    value = found.group(1).strip("'\"")
+    if value.startswith("["):  # a list of saved channel ids: [1;2] or [1 2]
+        return len(re.findall(r"\d+", value))
+    return int(value) if value.isdigit() and "numberOf" in found.group(0) else 1
+
+
+def _is_ome_zarr(path: Path) -> bool:
+    """Whether a Zarr store is an OME-Zarr image (NGFF 0.4 ``.zattrs``, 0.5 ``zarr.json``)."""
+    for name in (".zattrs", "zarr.json"):
+        file = path / name
+        if file.is_file():
+            attrs = json.loads(file.read_text() or "{}")
+            attrs = attrs.get("attributes", attrs)
+            if "multiscales" in attrs.get("ome", attrs):
+                return True
+    return False
+
+
+# NGFF axis types -> xreg dims; space axes keep their names (z, y, x).
+NGFF_DIMS = {"time": "time", "channel": "channel"}
+
+
+def open_ome_zarr(path) -> xr.DataArray:
+    """The full-resolution image of an OME-Zarr store (NGFF 0.4 or 0.5), labelled.
+
+    Read with ``ome-zarr`` (the ``zarr`` extra).  Dims come from the
+    ``multiscales`` axes: the ``time`` axis becomes ``time``, the ``channel`` axis
+    ``channel`` (labelled by the ``omero`` channel names when there are any), and
+    space axes keep their names.  Each axis gets a coordinate from the level's
+    scale and translation, in the axis' unit (``units`` attr), so that evenly
+    spaced physical pixel sizes reach ``estimate``'s ``pixel_size``.
+
+    Raises
+    ------
+    XregError
+        If ``ome-zarr`` is missing or the store is not an OME-Zarr image.
+    """
+    try:
+        from ome_zarr.io import parse_url
+        from ome_zarr.reader import Multiscales, Reader
+    except ImportError as error:
+        raise XregError(
+            "Reading OME-Zarr needs ome-zarr: `pip install xreg[zarr]`."
+        ) from error
+    path = Path(path)
+    with _zarr_quietly(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its notes on format versions
+        location = parse_url(str(path))
+        nodes = [] if location is None else list(Reader(location)())
+    images = [n for n in nodes if any(isinstance(s, Multiscales) for s in n.specs)]
+    if not images:
+        raise XregError(f"{path}: no OME-Zarr image (no `multiscales` metadata) found.")
+    node = images[0]
+    meta = node.metadata
+    data = node.data[0]  # the full-resolution level
+    axes = meta.get("axes") or [{"name": n} for n in "tczyx"[-data.ndim :]]
+    dims = [NGFF_DIMS.get(a.get("type"), a["name"]) for a in axes]
+    transforms = (meta.get("coordinateTransformations") or [[]])[0]
+    scale, offset = [1.0] * data.ndim, [0.0] * data.ndim
+    for transform in transforms:
+        if transform.get("type") == "scale":
+            scale = [float(v) for v in transform["scale"]]
+        elif transform.get("type") == "translation":
+            offset = [float(v) for v in transform["translation"]]
+    coords = {}
+    for i, (dim, axis) in enumerate(zip(dims, axes, strict=True)):
+        if dim == "channel":
+            names = meta.get("channel_names")
+            if names and len(names) == data.shape[i] and len(set(names)) == len(names):
+                coords[dim] = (dim, [str(n) for n in names])
+            continue
+        attrs = {"units": axis["unit"]} if axis.get("unit") else {}
+        coords[dim] = (dim, offset[i] + scale[i] * np.arange(data.shape[i]), attrs)
+    return xr.DataArray(data, dims=tuple(dims), coords=coords, name=meta.get("name") or "image")
 
 
 def open_reference(

@@ -6,6 +6,7 @@ A whole registration run (``xreg register``) is :func:`xreg.pipeline.run`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import warnings

@@ -473,7 +473,7 @@ def grid_of(shifts: xr.DataArray) -> core.BlockGrid:
 def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False, clip=None):
     """The core's reference plan: windowed (default) or whole-frame circular (thunder)."""
     if whole_frame:
-        return core.prepare_reference(reference, max_shift=reference.shape, margin=0, clip=clip)
+        return core.prepare_whole_frame(reference, clip=clip)
     return core.prepare_reference(reference, max_shift=max_shift, clip=clip)
 
 

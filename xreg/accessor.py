@@ -110,7 +110,8 @@ class RegAccessor:
             A frame with the movie's spatial dims (or shape).  ``None`` builds one
             with :meth:`reference`.
         upsample_factor : int, default 10
-            Precision is ``1 / upsample_factor`` pixel; ``1`` gives integer shifts.
+            ``1`` gives integer shifts; larger values a continuous subpixel estimate
+            (Newton steps on the score; see ``xreg.core.estimate_shifts``).
         dim : hashable, default "time"
             The frame dim.
         max_shift : int or sequence of int, optional

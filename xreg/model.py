@@ -190,8 +190,8 @@ class CrossCorr:
     axis : int, optional
         Register every plane along this axis of a volume on its own.
     upsample_factor : int, default 1
-        ``1`` gives integer shifts (as thunder); larger values refine to
-        ``1 / upsample_factor`` pixel.
+        ``1`` gives integer shifts (as thunder); larger values give a continuous
+        subpixel estimate (see ``xreg.core.estimate_shifts``).
     windowed : bool, default False
         ``False`` correlates whole images circularly, as thunder did; ``True`` uses
         the border-safe windowed estimator of ``movie.reg.estimate``.

@@ -9,6 +9,7 @@ from .correlation import (
     default_max_shift,
     estimate_shifts,
     prepare_reference,
+    prepare_whole_frame,
 )
 from .piecewise import (
     BlockGrid,
@@ -42,6 +43,7 @@ __all__ = [
     "fill_from_neighbours",
     "flag_bad_frames",
     "prepare_reference",
+    "prepare_whole_frame",
     "rolling_median",
     "round_to_dtype",
     "sample_indices",

@@ -10,9 +10,12 @@ energy under the shifted window removes the pull towards zero shift that plain
 score is exactly 1 for noise-free data, so the peak is unbiased.
 
 The numerator is one batched ``rfftn`` per chunk of frames; the reference's
-spectra and its local-energy map under the window are computed once, in
-:func:`prepare_reference`.  The integer peak is refined by a matrix-multiply DFT
-on a small neighbourhood (Guizar-Sicairos et al. 2008), vectorised over frames.
+spectra and its local-energy map under the window (and that map's exact gradient)
+are computed once, in :func:`prepare_reference`.  The integer peak is refined in
+continuous coordinates by Newton steps on the normalised score, whose value and
+first and second derivatives come from a matrix-multiply DFT of the cross-power
+spectrum at one point (as in Guizar-Sicairos et al. 2008, with the derivative
+factors in the kernel), vectorised over frames.
 
 Sign convention: a frame equal to ``scipy.ndimage.shift(reference, d)`` has
 displacement ``d``; this is the opposite sign of
@@ -24,11 +27,11 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.fft as sfft
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ..errors import XregError
 
@@ -38,6 +41,7 @@ __all__ = [
     "default_max_shift",
     "estimate_shifts",
     "prepare_reference",
+    "prepare_whole_frame",
     "stack_plans",
     "window_profile",
 ]
@@ -137,7 +141,13 @@ class ReferencePlan:
     conj_ref: np.ndarray  # complex64, conj(rfftn(normalised reference))
     conj_ref_sq: np.ndarray  # complex64, conj(rfftn(normalised reference ** 2))
     local_energy: np.ndarray  # float64 window: reference variance under shifted window
+    # conj(rfftn(reference * its band-limited derivative along each axis)), (ndim, ...)
+    conj_ref_slope: np.ndarray
+    energy_slope: np.ndarray  # float64 (ndim, *window): the local energy's exact gradient
     clip: tuple[float, float] | None = None  # intensity bounds applied to every frame
+    # For a whole-frame circular plan (:func:`prepare_whole_frame`): the windowed plan
+    # that refines each frame's subpixel shift once its whole pixels are undone.
+    residual: ReferencePlan | None = None
 
     @property
     def ndim(self) -> int:
@@ -182,6 +192,8 @@ def stack_plans(plans) -> ReferencePlan:
         conj_ref=np.stack([p.conj_ref for p in plans]),
         conj_ref_sq=np.stack([p.conj_ref_sq for p in plans]),
         local_energy=np.stack([p.local_energy for p in plans]),
+        conj_ref_slope=np.stack([p.conj_ref_slope for p in plans]),
+        energy_slope=np.stack([p.energy_slope for p in plans]),
         clip=first.clip,
     )
 
@@ -304,11 +316,18 @@ def prepare_reference(
     ref_sq_spectrum = sfft.rfftn(normalised**2, axes=axes)
     weight_spectrum = sfft.rfftn(weight, axes=axes)
     # _STENCIL pixels beyond the search range each side, for the subpixel interpolation.
-    local_energy = _local_energy(
+    conj_ref_slope = np.stack(
+        [
+            sfft.rfftn(normalised * sfft.irfftn(derivative, shape, axes=axes), axes=axes).conj()
+            for derivative in _derivative_spectra(ref_spectrum, shape)
+        ]
+    )
+    local_energy, energy_slope = _local_energy(
         weight_spectrum,
         weight.sum(),
         ref_spectrum.conj(),
         ref_sq_spectrum.conj(),
+        conj_ref_slope,
         shape,
         tuple(m + _STENCIL for m in max_shift),
     )
@@ -320,6 +339,8 @@ def prepare_reference(
         conj_ref=ref_spectrum.conj().astype(np.complex64),
         conj_ref_sq=ref_sq_spectrum.conj().astype(np.complex64),
         local_energy=local_energy,
+        conj_ref_slope=conj_ref_slope.astype(np.complex64),
+        energy_slope=energy_slope,
         clip=clip,
     )
 
@@ -331,17 +352,52 @@ def _per_axis(value, default, shape):
     return tuple(np.broadcast_to(np.asarray(value, dtype=float), (len(shape),)).tolist())
 
 
-def _local_energy(weight_spectrum, weight_sum, conj_ref, conj_ref_sq, shape, half):
-    """Weighted variance of the reference under the window shifted by each s.
+def _derivative_spectra(spectrum, shape):
+    """Spectra of the band-limited derivative along each spatial axis of the items
+    whose half spectra ``spectrum`` holds (the Nyquist bin, a cosine, has slope 0 at
+    whole pixels): a list of ndim arrays shaped like ``spectrum``."""
+    ndim = len(shape)
+    out = []
+    for axis, size in enumerate(shape):
+        if axis == ndim - 1:
+            freqs = np.arange(spectrum.shape[-1]).astype(float)
+        else:
+            freqs = sfft.fftfreq(size, 1 / size)
+        if size % 2 == 0:
+            freqs[size // 2] = 0.0
+        factor = (2j * np.pi * freqs / size).reshape((-1,) + (1,) * (ndim - axis - 1))
+        out.append(spectrum * factor)
+    return out
 
-    ``sum_x w(x) r(x - s)^2 - (sum_x w(x) r(x - s))^2 / sum w``, for |s| <= half.
-    ``weight_spectrum`` and ``weight_sum`` may carry a leading batch axis
-    (per-frame masks).
+
+def _local_energy(weight_spectrum, weight_sum, conj_ref, conj_ref_sq, conj_ref_slope, shape, half):
+    """Weighted variance of the reference under the window shifted by each s, and its
+    exact gradient in s.
+
+    ``E(s) = sum_x w(x) r(x - s)^2 - (sum_x w(x) r(x - s))^2 / sum w``, for |s| <= half;
+    the gradient along axis a is ``-2 sum_x w r D_a r (x - s) + 2 (sum_x w r(x - s))
+    (sum_x w D_a r(x - s)) / sum w`` with ``D_a r`` the band-limited derivative, and
+    ``conj_ref_slope`` (…, ndim, *spectrum) the conjugate spectra of ``r D_a r``.  The
+    gradient at whole pixels is what keeps whole-pixel motion exact under the
+    continuous refinement (an interpolated gradient is off by about 1 %).
+    ``weight_spectrum`` and ``weight_sum`` may carry a leading batch axis (per-frame
+    masks).  Returns the energy (…, *window) and the gradient (…, ndim, *window).
     """
     second = _correlate_window(weight_spectrum * conj_ref_sq, shape, half)
     first = _correlate_window(weight_spectrum * conj_ref, shape, half)
+    weight_sum = np.maximum(weight_sum, _TINY)
     # An item with no valid pixel has weight_sum 0: energy 0, not 0 / 0.
-    return np.maximum(second - first**2 / np.maximum(weight_sum, _TINY), 0.0)
+    energy = np.maximum(second - first**2 / weight_sum, 0.0)
+    slopes = []
+    ndim = len(shape)
+    derivatives = _derivative_spectra(conj_ref.conj(), shape)
+    for axis in range(ndim):
+        pair = _correlate_window(
+            weight_spectrum * np.take(conj_ref_slope, axis, axis=-ndim - 1), shape, half
+        )
+        mean_slope = _correlate_window(weight_spectrum * derivatives[axis].conj(), shape, half)
+        slopes.append(-2 * pair + 2 * first * mean_slope / weight_sum)
+    return energy, np.stack(slopes, axis=-ndim - 1)
 
 
 def _batches(n, frame_size):
@@ -370,8 +426,12 @@ def estimate_shifts(
     plan : ReferencePlan
         From :func:`prepare_reference` or :func:`stack_plans`.
     upsample_factor : int, default 10
-        Precision of the result is ``1 / upsample_factor`` pixel; ``1`` gives
-        integer shifts.
+        ``1`` gives integer shifts.  Any larger value gives a continuous subpixel
+        estimate: Newton steps on the normalised score, evaluated with its first and
+        second derivatives from the cross-power spectrum, so noise, not a grid, sets
+        the error.  The value only sets the lattice (``1 / upsample_factor`` pixel)
+        of the fallback search used where the score is not concave near its peak;
+        it is kept for compatibility.
     workers : int, optional
         Threads over batches of frames; default: all cores.
 
@@ -401,6 +461,8 @@ def estimate_shifts(
             f"Frames of shape {frames.shape[1:]} do not match the reference's {item_shape}."
         )
     upsample_factor = int(upsample_factor)  # 1..MAX_UPSAMPLE_FACTOR, checked at the boundary
+    if plan.residual is not None and upsample_factor > 1:
+        return _estimate_whole_frame(frames, plan, upsample_factor, workers)
     items = frames if plan.stacked else frames[:, None]
     out = np.zeros(items.shape[:2] + (plan.ndim + 1,))
     batches = _batches(len(items), int(np.prod(items.shape[1:])))
@@ -410,6 +472,61 @@ def estimate_shifts(
 
     map_threads(run, batches, workers)
     return out if plan.stacked else out[:, 0]
+
+
+def prepare_whole_frame(reference: np.ndarray, *, clip=None) -> ReferencePlan:
+    """A plan that correlates whole frames circularly over every shift (thunder's
+    CrossCorr), with a windowed plan for the subpixel step.
+
+    The circular correlation finds each frame's whole-pixel shift anywhere in the
+    frame, but content wrapped around the border biases its peak's shape, so the
+    subpixel part is estimated afresh: the frame is moved back by its whole pixels,
+    the band that wrapped is left out (NaN), and the windowed estimator (search
+    range 2 px) measures what remains.  Whole-pixel motion stays exact.
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+    clip : (float, float), optional
+        As in :func:`prepare_reference`.
+
+    Returns
+    -------
+    ReferencePlan
+    """
+    circular = prepare_reference(reference, max_shift=np.shape(reference), margin=0, clip=clip)
+    residual = prepare_reference(reference, max_shift=_RESIDUAL_SHIFT, clip=clip)
+    return replace(circular, residual=residual)
+
+
+# Search range of the windowed step after the whole-frame circular one: the circular
+# peak can be a pixel off when wrapped content pulls it.
+_RESIDUAL_SHIFT = 2
+
+
+def _estimate_whole_frame(frames, plan, upsample_factor, workers):
+    """Whole pixels from the circular plan, the rest from ``plan.residual``."""
+    ndim = plan.ndim
+    coarse = estimate_shifts(
+        frames, replace(plan, residual=None), upsample_factor=1, workers=workers
+    )
+    whole = coarse[:, :ndim].astype(np.int64)
+    back = np.empty(frames.shape, np.float32)
+    for i, (frame, shift) in enumerate(zip(frames, whole, strict=True)):
+        # frame[p] shows reference[p - shift]: rolled back, the band that wrapped is NaN.
+        rolled = np.roll(frame, tuple(-shift), axis=tuple(range(ndim)))
+        back[i] = rolled
+        for axis, k in enumerate(shift):
+            band = [slice(None)] * ndim
+            band[axis] = slice(plan.shape[axis] - k, None) if k > 0 else slice(0, -k)
+            if k:
+                back[i][tuple(band)] = np.nan
+    fine = estimate_shifts(back, plan.residual, upsample_factor=upsample_factor, workers=workers)
+    size = np.asarray(plan.shape)
+    fine[:, :ndim] = (fine[:, :ndim] + whole + size / 2) % size - size / 2
+    constant = coarse[:, ndim] == 0  # constant frames: displacement 0, quality 0
+    fine[constant] = 0.0
+    return fine
 
 
 def map_threads(function, items, workers: int | None = None) -> None:
@@ -423,13 +540,25 @@ def map_threads(function, items, workers: int | None = None) -> None:
     workers : int, optional
     """
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    if workers == 1 or len(items) <= 1:
-        for item in items:
-            function(item)
-        return
-    # Our threads already use every core; BLAS threads on top only contend.
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        list(pool.map(function, items))
+    # One BLAS thread always: our threads already use every core (BLAS threads on top
+    # only contend), and a threaded matrix product sums in another order, so the
+    # subpixel result would depend on ``workers`` in its last bits.
+    with _one_blas_thread():
+        if workers == 1 or len(items) <= 1:
+            for item in items:
+                function(item)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(function, items))
+
+
+_BLAS = []  # the ThreadpoolController, made once (it costs ms; using it costs us)
+
+
+def _one_blas_thread():
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def _estimate_batch(frames, plan, upsample_factor):
@@ -479,16 +608,19 @@ def _estimate_batch(frames, plan, upsample_factor):
     numerator = _correlate_window(cross, plan.shape, half)
 
     energy = per_reference(plan.local_energy)[None]
+    slope = per_reference(plan.energy_slope)[None]
     if masked.any():
         # Items with invalid pixels need their own window, hence their own energy map.
         energy = np.broadcast_to(energy, (m, count) + energy.shape[2:]).copy()
+        slope = np.broadcast_to(slope, (m, count) + slope.shape[2:]).copy()
         # Each masked item's reference (the only one, for a plan of one reference).
         which = np.nonzero(masked)[1] % len(conj_ref)
-        energy[masked] = _local_energy(
+        energy[masked], slope[masked] = _local_energy(
             sfft.rfftn(weight[masked], axes=tuple(range(1, ndim + 1)), workers=1),
             weight_sum[masked].reshape(expand),
             conj_ref[which],
             per_reference(plan.conj_ref_sq)[which],
+            per_reference(plan.conj_ref_slope)[which],
             plan.shape,
             tuple(h + _STENCIL for h in half),
         )
@@ -505,7 +637,17 @@ def _estimate_batch(frames, plan, upsample_factor):
         cross = cross.reshape((m * count,) + cross.shape[2:])
         start = _parabolic_offsets(score, peak_index)
         around = _around_peaks(energy, peak_index, count)
-        shifts, best = _refine(cross, around, shifts, start, plan.shape, upsample_factor)
+        slopes = np.stack(
+            [_around_peaks(slope[:, :, a], peak_index, count) for a in range(ndim)], axis=1
+        )
+        refined, best_refined, good = _newton(cross, around, slopes, shifts, start, plan.shape)
+        if not good.all():
+            # Rare (a flat or odd-shaped peak): the lattice search, which cannot diverge.
+            bad = ~good
+            refined[bad], best_refined[bad] = _refine(
+                cross[bad], around[bad], shifts[bad], start[bad], plan.shape, upsample_factor
+            )
+        shifts, best = refined, best_refined
 
     frame_energy, weight_sum, mean = frame_energy.ravel(), weight_sum.ravel(), mean.ravel()
     quality = best / np.sqrt(np.maximum(frame_energy, _TINY))
@@ -658,3 +800,186 @@ def _refine(cross, local_energy, peak, start, shape, upsample_factor):
         if step == 1:
             return peak + centre / upsample_factor, best
         step = max(1, step // _REFINE_RATIO)
+
+
+# Newton refinement: at most this many evaluations of the score and its derivatives;
+# it stops once a step is below _NEWTON_TOL px (the error left after that step is far
+# below the noise), and a step longer than _NEWTON_MAX_STEP px or a score that is not
+# concave sends the item to the lattice search instead.
+_NEWTON_EVALUATIONS = 4
+_NEWTON_TOL = 0.001
+_NEWTON_MAX_STEP = 0.75
+
+
+def _derivative_orders(ndim):
+    """Index tuples into a (3,) * ndim table of derivative orders: value, gradient
+    (ndim,), Hessian (ndim, ndim)."""
+    unit = np.eye(ndim, dtype=int)
+    gradient = [tuple(u) for u in unit]
+    hessian = [[tuple(unit[a] + unit[b]) for b in range(ndim)] for a in range(ndim)]
+    return (0,) * ndim, gradient, hessian
+
+
+def _pad_orders(table):
+    """A (n, 2, ..., 2) table of orders 0..1 per axis as (n, 3, ..., 3), zeros for 2."""
+    return np.pad(table, [(0, 0)] + [(0, 1)] * (table.ndim - 1))
+
+
+def _split_orders(table):
+    """(n, 3, ..., 3) table of mixed partial derivatives -> value, gradient, Hessian."""
+    n, ndim = len(table), table.ndim - 1
+    value_at, gradient_at, hessian_at = _derivative_orders(ndim)
+    value = table[(slice(None), *value_at)]
+    gradient = np.stack([table[(slice(None), *g)] for g in gradient_at], axis=1)
+    hessian = np.stack(
+        [np.stack([table[(slice(None), *h)] for h in row], axis=1) for row in hessian_at], axis=1
+    )
+    return value, gradient.reshape(n, ndim), hessian.reshape(n, ndim, ndim)
+
+
+def _dft_derivatives(spectrum, shape, point, orders=3):
+    """Inverse DFT of each item's half spectrum, and its first and second derivatives,
+    at the continuous position ``point`` (n, ndim) in pixels.
+
+    Returns the real (n, orders, ..., orders) table of mixed partial derivatives
+    (order 0 to ``orders - 1`` per axis).  Each axis is one batched matrix product with a kernel per item: the
+    phase ramp times the derivative factors ``(2 pi i k / size) ** order``.  The
+    Nyquist bin of an even axis counts half at ``+size / 2`` and half at ``-size / 2``
+    (a cosine), so the interpolant is the real, symmetric one: its slope at whole
+    pixels is that of the correlation with the band-limited reference, which
+    whole-pixel exactness needs.
+    """
+    n = len(spectrum)
+    values = spectrum
+    for axis in reversed(range(len(shape))):
+        size = shape[axis]
+        if axis == len(shape) - 1:
+            freqs = np.arange(spectrum.shape[-1])
+            weights = np.where((freqs == 0) | (2 * freqs == size), 1.0, 2.0)
+        else:
+            freqs = sfft.fftfreq(size, 1 / size)
+            weights = np.ones(size)
+        omega = 2 * np.pi * freqs / size
+        kernel = _ramp_kernel(weights, omega, point[:, axis], orders)
+        if size % 2 == 0:
+            nyquist = size // 2
+            twin = _ramp_kernel(
+                weights[nyquist : nyquist + 1],
+                -omega[nyquist : nyquist + 1],
+                point[:, axis],
+                orders,
+            )
+            kernel[:, nyquist] = 0.5 * (kernel[:, nyquist] + twin[:, 0])
+        moved = np.moveaxis(values, axis + 1, -1)
+        product = moved.reshape(n, -1, len(freqs)) @ kernel.astype(np.complex64)
+        values = np.moveaxis(product.reshape(moved.shape[:-1] + (orders,)), -1, axis + 1)
+    return values.real.astype(np.float64) / np.prod(shape)
+
+
+def _ramp_kernel(weights, omega, position, orders):
+    """(n, len(omega), orders): ``weights * exp(i omega x) * (i omega) ** order``."""
+    ramp = weights * np.exp(1j * omega * position[:, None])
+    factors = np.stack([np.ones_like(omega), 1j * omega, -(omega**2)], axis=1)[:, :orders]
+    return ramp[:, :, None] * factors
+
+
+def _lagrange_derivatives(t, half):
+    """Lagrange weights through nodes -half..half and their first and second
+    derivatives at ``t`` (n,): shape (n, 2 * half + 1, 3)."""
+    nodes = np.arange(-half, half + 1)
+    # Column j holds the monomial coefficients of the basis polynomial of node j.
+    coefficients = np.linalg.inv(np.vander(nodes, increasing=True).astype(float))
+    powers = np.arange(len(nodes))
+    t = np.asarray(t, dtype=float)[:, None]
+    monomials = np.stack(
+        [
+            t**powers,
+            powers * t ** np.maximum(powers - 1, 0),
+            powers * (powers - 1) * t ** np.maximum(powers - 2, 0),
+        ],
+        axis=-1,
+    )  # (n, degree + 1, 3)
+    return np.einsum("mj,nmd->njd", coefficients, monomials)
+
+
+def _score_derivatives(cross, local_energy, energy_slope, peak, offset, shape, second=True):
+    """The normalised score ``N / sqrt(E)`` at ``peak + offset``, its gradient and
+    (if ``second``, else None) Hessian: N from the cross-power spectrum; E from the
+    local energy around the integer peak and its gradient from the exact gradient
+    there (``energy_slope``, (n, ndim, ...)), each interpolated by Lagrange weights
+    (as in :func:`_refine`)."""
+    n, ndim = offset.shape
+    table = _dft_derivatives(cross, shape, peak + offset, 3 if second else 2)
+    value, gradient, hessian = _split_orders(table if second else _pad_orders(table))
+    kernels = [_lagrange_derivatives(offset[:, a], _STENCIL) for a in range(ndim)]
+    e = _contract(local_energy, [k[:, :, :1] for k in kernels]).reshape(n)
+    e_gradient = np.empty((n, ndim))
+    e_hessian = np.empty((n, ndim, ndim))
+    for a in range(ndim):
+        # The gradient's component a, interpolated, and its slope along each axis b.
+        table = _contract(energy_slope[:, a], [k[:, :, :2] for k in kernels])
+        e_gradient[:, a], e_hessian[:, a], _ = _split_orders(_pad_orders(table))
+    e_hessian = 0.5 * (e_hessian + e_hessian.transpose(0, 2, 1))
+    e = np.maximum(e, _TINY)
+    root = np.sqrt(e)
+    score = value / root
+    # d(N e^-1/2) and d2(N e^-1/2), by the product and chain rules.
+    score_gradient = gradient / root[:, None] - 0.5 * (value / (e * root))[:, None] * e_gradient
+    if not second:
+        return score, score_gradient, None
+    outer = gradient[:, :, None] * e_gradient[:, None, :]
+    score_hessian = (
+        hessian / root[:, None, None]
+        - 0.5 * (outer + outer.transpose(0, 2, 1)) / (e * root)[:, None, None]
+        - 0.5 * (value / (e * root))[:, None, None] * e_hessian
+        + 0.75
+        * (value / (e * e * root))[:, None, None]
+        * e_gradient[:, :, None]
+        * e_gradient[:, None, :]
+    )
+    return score, score_gradient, score_hessian
+
+
+def _newton(cross, local_energy, energy_slope, peak, start, shape):
+    """Continuous subpixel peak of the normalised score by Newton steps from ``start``.
+
+    The first evaluation gives the score's gradient and Hessian; later ones only the
+    gradient (two thirds of the cost), stepping with the first Hessian (a chord
+    method: from within a few hundredths of a pixel it converges as fast as Newton).
+    Returns the shifts, the score and a mask of the items that converged inside the
+    pixel around their integer peak with a concave score; the rest are for
+    :func:`_refine`'s lattice search.
+    """
+    n, ndim = peak.shape
+    offset = start.astype(np.float64).copy()
+    best = np.zeros(n)
+    good = np.ones(n, bool)
+    todo = np.arange(n)
+    hessian = None
+    for _ in range(_NEWTON_EVALUATIONS):
+        if not todo.size:
+            break
+        every = todo.size == n  # then no copy of the spectra
+        pick = slice(None) if every else todo
+        score, gradient, curvature = _score_derivatives(
+            cross[pick],
+            local_energy[pick],
+            energy_slope[pick],
+            peak[pick],
+            offset[pick],
+            shape,
+            second=hessian is None,
+        )
+        if hessian is None:
+            concave = np.all(np.linalg.eigvalsh(curvature) < 0, axis=1)
+            good &= concave
+            hessian = np.where(concave[:, None, None], curvature, -np.eye(ndim))
+        best[todo] = score
+        step = -np.linalg.solve(hessian[todo], gradient[:, :, None])[:, :, 0]
+        size = np.abs(step).max(axis=1)
+        good[todo] &= size <= _NEWTON_MAX_STEP
+        offset[todo] += np.where(good[todo, None], step, 0.0)
+        todo = todo[good[todo] & (size >= _NEWTON_TOL)]
+    good &= np.all(np.abs(offset) < 1, axis=1)
+    good[todo] = False  # not converged within the evaluations allowed
+    return peak + offset, best, good

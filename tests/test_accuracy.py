@@ -4,7 +4,6 @@ The subpixel estimate is continuous (Newton steps on the normalised score), so a
 grid no longer sets its error; the guarantees of the windowed estimator hold.
 """
 
-
 import numpy as np
 from conftest import blob_volume, fourier_moved, smooth_image
 from scipy import ndimage

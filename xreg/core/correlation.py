@@ -581,10 +581,23 @@ def _estimate_batch(frames, plan, upsample_factor):
     # A NaN or inf anywhere makes the item's sum non-finite: the cheap test.
     masked = ~np.isfinite(frames.reshape(m, count, -1).sum(axis=2))
     if masked.any():
-        finite = np.isfinite(frames)
-        weight = np.where(finite, weight, np.float32(0))
-        frames = np.where(finite, frames, np.float32(0))
-        weight_sum = weight.sum(axis=axes, dtype=np.float64)
+        # Invalid pixels are left out: zero, and zero weight.  Where the window is
+        # already zero there (a block cut across the frame's border by less than its
+        # margin) nothing else changes and the item keeps the plan's energy maps;
+        # only the others get their own window (and energy maps, below).
+        rows, cols = np.nonzero(masked)
+        sub = frames[rows, cols]
+        finite = np.isfinite(sub)
+        item_weight = weight[0, cols % weight.shape[1]]
+        hits = (np.where(finite, np.float32(0), item_weight) > 0).reshape(len(rows), -1).any(1)
+        frames = frames.copy()
+        frames[rows, cols] = np.where(finite, sub, np.float32(0))
+        masked = np.zeros_like(masked)
+        masked[rows[hits], cols[hits]] = True
+        if hits.any():
+            weight = np.broadcast_to(weight, (m, count) + plan.shape).copy()
+            weight[rows, cols] = np.where(finite, item_weight, np.float32(0))
+            weight_sum = weight.sum(axis=axes, dtype=np.float64)
     # centred = w * (f - mean_w(f)); its energy sum w (f - mean)^2 = sum centred * f.
     # Frame by frame and in place: whole-batch temporaries cost more than the FFT.
     centred = np.empty(frames.shape, np.float32)
@@ -647,7 +660,9 @@ def _estimate_batch(frames, plan, upsample_factor):
             refined[bad], best_refined[bad] = _refine(
                 cross[bad], around[bad], shifts[bad], start[bad], plan.shape, upsample_factor
             )
-        shifts, best = refined, best_refined
+        # Digits below _RESOLUTION are float32 rounding, not information: dropping
+        # them makes whole-pixel motion come out as exact whole numbers.
+        shifts, best = np.round(refined / _RESOLUTION) * _RESOLUTION, best_refined
 
     frame_energy, weight_sum, mean = frame_energy.ravel(), weight_sum.ravel(), mean.ravel()
     quality = best / np.sqrt(np.maximum(frame_energy, _TINY))
@@ -809,6 +824,9 @@ def _refine(cross, local_energy, peak, start, shape, upsample_factor):
 _NEWTON_EVALUATIONS = 4
 _NEWTON_TOL = 0.001
 _NEWTON_MAX_STEP = 0.75
+# The continuous estimate is rounded to this (px): the float32 spectra leave about
+# 1e-7 px of rounding in it, and the noise limit of real frames is above 1e-3 px.
+_RESOLUTION = 1e-4
 
 
 def _derivative_orders(ndim):
@@ -842,12 +860,12 @@ def _dft_derivatives(spectrum, shape, point, orders=3):
     at the continuous position ``point`` (n, ndim) in pixels.
 
     Returns the real (n, orders, ..., orders) table of mixed partial derivatives
-    (order 0 to ``orders - 1`` per axis).  Each axis is one batched matrix product with a kernel per item: the
-    phase ramp times the derivative factors ``(2 pi i k / size) ** order``.  The
-    Nyquist bin of an even axis counts half at ``+size / 2`` and half at ``-size / 2``
-    (a cosine), so the interpolant is the real, symmetric one: its slope at whole
-    pixels is that of the correlation with the band-limited reference, which
-    whole-pixel exactness needs.
+    (order 0 to ``orders - 1`` per axis).  Each axis is one batched matrix product
+    with a kernel per item: the phase ramp times the derivative factors
+    ``(2 pi i k / size) ** order``.  The Nyquist bin of an even axis counts half at
+    ``+size / 2`` and half at ``-size / 2`` (a cosine), so the interpolant is the
+    real, symmetric one: its slope at whole pixels is that of the correlation with
+    the band-limited reference, which whole-pixel exactness needs.
     """
     n = len(spectrum)
     values = spectrum
@@ -857,15 +875,15 @@ def _dft_derivatives(spectrum, shape, point, orders=3):
             freqs = np.arange(spectrum.shape[-1])
             weights = np.where((freqs == 0) | (2 * freqs == size), 1.0, 2.0)
         else:
-            freqs = sfft.fftfreq(size, 1 / size)
+            freqs = np.fft.fftfreq(size, 1 / size).astype(np.int64)
             weights = np.ones(size)
-        omega = 2 * np.pi * freqs / size
-        kernel = _ramp_kernel(weights, omega, point[:, axis], orders)
+        kernel = _ramp_kernel(weights, freqs, size, point[:, axis], orders)
         if size % 2 == 0:
             nyquist = size // 2
             twin = _ramp_kernel(
                 weights[nyquist : nyquist + 1],
-                -omega[nyquist : nyquist + 1],
+                -freqs[nyquist : nyquist + 1],
+                size,
                 point[:, axis],
                 orders,
             )
@@ -876,9 +894,19 @@ def _dft_derivatives(spectrum, shape, point, orders=3):
     return values.real.astype(np.float64) / np.prod(shape)
 
 
-def _ramp_kernel(weights, omega, position, orders):
-    """(n, len(omega), orders): ``weights * exp(i omega x) * (i omega) ** order``."""
-    ramp = weights * np.exp(1j * omega * position[:, None])
+def _ramp_kernel(weights, freqs, size, position, orders):
+    """(n, len(freqs), orders): ``weights * exp(i w x) * (i w) ** order``, with
+    ``w = 2 pi freqs / size`` for whole-number ``freqs``.  The phase factors are
+    powers of one per item, by a running product (no transcendental per entry: this
+    was the refinement's largest cost on small blocks)."""
+    steps = np.abs(freqs).astype(np.int64)
+    base = np.exp(2j * np.pi * position / size)
+    powers = np.ones((len(position), steps.max() + 1), np.complex128)
+    if steps.max():
+        np.cumprod(np.repeat(base[:, None], steps.max(), axis=1), axis=1, out=powers[:, 1:])
+    ramp = powers[:, steps]
+    ramp = np.where(freqs < 0, ramp.conj(), ramp) * weights
+    omega = 2 * np.pi * freqs / size
     factors = np.stack([np.ones_like(omega), 1j * omega, -(omega**2)], axis=1)[:, :orders]
     return ramp[:, :, None] * factors
 

@@ -233,8 +233,8 @@ def estimate_piecewise(
 
 def _cut_blocks(frame, starts, offset, out):
     """Copy into ``out`` (blocks, *block_size) the blocks at ``starts`` (block origins
-    per axis) of ``frame`` moved by ``offset`` pixels, edge-padded where they cross its
-    border."""
+    per axis) of ``frame`` moved by ``offset`` pixels, NaN where they cross its border
+    (left out of the estimate: padded content would pull it)."""
     block_size = out.shape[1:]
     positions = [s + o for s, o in zip(starts, offset, strict=True)]
     pad = max(
@@ -243,7 +243,7 @@ def _cut_blocks(frame, starts, offset, out):
         *(p.max() + b - n for p, b, n in zip(positions, block_size, frame.shape, strict=True)),
     )
     if pad:
-        frame = np.pad(frame, pad, mode="edge")
+        frame = np.pad(frame.astype(np.float32, copy=False), pad, constant_values=np.nan)
         positions = [p + pad for p in positions]
     # Slice by slice: plain copies, cheaper than one fancy-indexed gather.
     for block, origin in zip(out, zip(*positions, strict=True), strict=True):

@@ -70,9 +70,10 @@ def test_register_tiff_and_estimate_csv(tmp_path):
         np.testing.assert_array_equal(shifts.bad_frame.values, expected.bad_frame.values)
     text = (tmp_path / "shifts.csv").read_text()
     assert text.splitlines()[0] == "time,y,x,quality,bad_frame"
-    # Every number as short as it is precise: no float noise such as -0.09999999999999432.
+    # Every number as short as it is precise: no float noise such as -0.09999999999999432
+    # (the subpixel estimate is continuous, rounded to 1e-4 px: at most 4 decimals).
     numbers = [v for line in text.splitlines()[1:] for v in line.split(",")[1:3]]
-    assert max(len(v.lstrip("-").split(".")[-1]) for v in numbers) <= 2
+    assert max(len(v.lstrip("-").split(".")[-1]) for v in numbers) <= 4
 
 
 def test_output_that_is_not_ours_is_refused(tmp_path, capsys):

@@ -221,3 +221,29 @@ def test_ome_zarr_axes_channels_and_pixel_sizes(tmp_path, version):
     shifts = movie.sel(channel="red").reg.estimate(RED, upsample_factor=20)
     np.testing.assert_allclose(shifts.pixel_size, [0.8, 0.8])
     np.testing.assert_allclose(shifts.reg.physical().values, TRUTH * 0.8, atol=0.05)
+def test_labelled_store_with_mismatched_label_chunks(tmp_path):
+    """A per-frame label stored in one chunk, the movies in chunks of 4 frames."""
+    movie = two_channel_movie("dask")
+    ds = xr.Dataset({"both": movie, "red": movie.sel(channel="red", drop=True)})
+    ds = ds.assign_coords(trial=("time", np.repeat([1, 2, 3], 4)))  # a plain numpy label
+    io.to_zarr(ds, tmp_path / "session.zarr")
+    opened = xr.open_zarr(tmp_path / "session.zarr")
+    assert opened.trial.chunks != opened.red.chunks  # the layout the issue reports
+
+    ref = opened.reg.reference(var="red", n_frames=12)
+    shifts = opened.reg.estimate(ref, var="red", upsample_factor=20)
+    np.testing.assert_array_equal(shifts.trial, ds.trial)
+    drift = shifts.values - shifts.values.mean(0)
+    np.testing.assert_allclose(drift, TRUTH - TRUTH.mean(0), atol=0.1)
+    on_channel = opened.both.sel(channel="red").reg.estimate(ref, upsample_factor=20)
+    xr.testing.assert_identical(on_channel, shifts)
+
+    fixed = opened.reg.apply(shifts)
+    io.to_zarr(fixed, tmp_path / "registered.zarr")
+    back = xr.open_zarr(tmp_path / "registered.zarr")
+    np.testing.assert_array_equal(back.trial, ds.trial)
+    np.testing.assert_array_equal(back.channel, ["red", "green"])
+    xr.testing.assert_allclose(back.both.load(), fixed.both.compute())
+    channel = opened.both.reg.apply(shifts)  # the DataArray path, the same store
+    io.to_zarr(channel.to_dataset(), tmp_path / "channel.zarr")
+    np.testing.assert_array_equal(xr.open_zarr(tmp_path / "channel.zarr").trial, ds.trial)

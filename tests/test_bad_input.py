@@ -427,9 +427,19 @@ CASES = [
     # apply
     ("apply-cval-str", app(mode="constant", cval="x"), refused("cval")),
     (
+        "apply-cval-beyond-float32",
+        lambda tmp: movie("float32").reg.apply(TRUTH, mode="constant", cval=1e300),
+        refused("cval", "float32"),
+    ),
+    (
+        "apply-cval-beyond-uint8",
+        lambda tmp: movie("uint8").reg.apply(TRUTH, mode="constant", cval=300),
+        refused("cval", "0 to 255"),
+    ),
+    (
         "apply-cval-nan-integers",
         lambda tmp: movie("uint16").reg.apply(TRUTH, mode="constant", cval=np.nan),
-        refused("cval", "Integer"),
+        refused("cval", "uint16"),
     ),
     ("apply-order-7", app(order=7), refused("order")),
     ("apply-order-1.5", app(order=1.5), refused("order")),

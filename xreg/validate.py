@@ -265,10 +265,18 @@ def interpolation(order, mode) -> tuple[int, str]:
 
 
 def fill_value(cval, dtype=None) -> float:
-    """``cval`` for ``mode="constant"``: a number (NaN only for float data)."""
-    integer = dtype is not None and np.dtype(dtype).kind in "iu"
-    fix = "Integer movies cannot hold NaN; fill with a number." if integer else ""
-    return real(cval, "cval", finite=integer, fix=fix)
+    """``cval`` for ``mode="constant"``: a number the movie's ``dtype`` can hold (NaN
+    only for float data)."""
+    if dtype is None:
+        return real(cval, "cval", finite=False)
+    dtype = np.dtype(dtype)
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+    fix = f"The movie's dtype {dtype} holds {info.min:g} to {info.max:g}"
+    fix += "; fill with a number in that range." if dtype.kind in "iu" else " (and NaN)."
+    value = real(cval, "cval", finite=dtype.kind in "iu", fix=fix)
+    if math.isfinite(value) and not float(info.min) <= value <= float(info.max):
+        raise XregError(f"`cval` {value:g} does not fit the movie. {fix}")
+    return value
 
 
 def frame_shape(shape, *, whole_frame: bool = False) -> tuple[int, ...]:

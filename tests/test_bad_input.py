@@ -21,6 +21,7 @@ import xarray as xr
 from conftest import smooth_image
 
 from xreg import CrossCorr, XregError, io, validate
+from xreg import spark as xspark
 from xreg.cli import main
 
 # A generous deadline for cases that take milliseconds: the machine is shared.
@@ -746,3 +747,71 @@ def test_refinement_work_is_bounded_in_the_core():
     result, _ = run_with_deadline(lambda: core.estimate_shifts(frames, plan, upsample_factor=10**6))
     np.testing.assert_allclose(result[[0, 2], :2], TRUTH[[0, 2]], atol=5e-3)
     assert result[1].tolist() == [0.0, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- xreg.spark
+
+
+def rdd(sc):
+    return xspark.to_rdd(movie(), sc, npartitions=2)
+
+
+SPARK_CASES = [
+    (
+        "spark-estimate-upsample-huge",
+        lambda sc: xspark.estimate(rdd(sc), REF(), upsample_factor=10**6),
+        refused("upsample_factor"),
+    ),
+    (
+        "spark-estimate-too-many-blocks",
+        lambda sc: xspark.estimate(rdd(sc), REF(), method="piecewise", block_size=8, overlap=0.99),
+        refused("overlap", "4096"),
+    ),
+    (
+        "spark-estimate-axis",
+        lambda sc: xspark.estimate(rdd(sc), REF(), axis=5),
+        refused("axis"),
+    ),
+    (
+        "spark-estimate-tiny",
+        lambda sc: xspark.estimate(rdd(sc), np.ones((3, 3))),
+        refused("too small"),
+    ),
+    (
+        "spark-estimate-clip",
+        lambda sc: xspark.estimate(rdd(sc), REF(), clip="1,99"),
+        refused("clip"),
+    ),
+    ("spark-apply-order", lambda sc: xspark.apply(rdd(sc), TRUTH, order=9), refused("order")),
+    ("spark-apply-mode", lambda sc: xspark.apply(rdd(sc), TRUTH, mode="x"), refused("mode")),
+    (
+        "spark-apply-huge-blocks",
+        lambda sc: xspark.apply(rdd(sc), piecewise_shifts() * 1e12),
+        refused("shifts", "larger than the frame"),
+    ),
+    (
+        "spark-to-rdd-partitions",
+        lambda sc: xspark.to_rdd(movie(), sc, npartitions=0),
+        refused("npartitions"),
+    ),
+    (
+        "spark-estimate-truth",
+        lambda sc: xspark.estimate(rdd(sc), REF()),
+        holds(_whole_pixel_exact),
+    ),
+]
+
+
+@pytest.mark.parametrize("case, expect", [pytest.param(c, e, id=i) for i, c, e in SPARK_CASES])
+def test_spark_boundary(spark_context, case, expect):
+    kind, detail = expect
+    # Spark's first job on a fresh context starts Python workers: a longer deadline.
+    seconds = 60.0
+    if kind == "error":
+        with pytest.raises(XregError) as raised:
+            run_with_deadline(lambda: case(spark_context), seconds)
+        for text in detail:
+            assert text in str(raised.value), str(raised.value)
+    else:
+        result, _ = run_with_deadline(lambda: case(spark_context), seconds)
+        detail(result)

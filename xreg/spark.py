@@ -120,6 +120,13 @@ def labels_of(rdd) -> _Labels | None:
     return None
 
 
+def _npartitions(npartitions, sc) -> int:
+    """``npartitions`` checked (a whole number >= 1), or Spark's default parallelism."""
+    if npartitions is None:
+        return sc.defaultParallelism
+    return validate.whole(npartitions, "npartitions", minimum=1)
+
+
 def _partition_bounds(n: int, npartitions: int) -> list[tuple[int, int]]:
     edges = np.linspace(0, n, max(1, min(npartitions, n)) + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -157,9 +164,10 @@ def to_rdd(da: xr.DataArray, sc, *, dim: Hashable = "time", npartitions: int | N
         way: no data rides in a task.
     """
     labels = _Labels.of(da, dim)
+    npartitions = _npartitions(npartitions, sc)
     da = da.transpose(dim, *labels.spatial)
     n = da.sizes[dim]
-    bounds = _partition_bounds(n, npartitions or sc.defaultParallelism)
+    bounds = _partition_bounds(n, npartitions)
     if da.chunks is None:
         # Broadcast, not parallelize: a task then carries no frames (Spark warns past
         # 1 MB a task).  One broadcast, as per-partition RDDs in a union ran 10 x slower.
@@ -202,13 +210,14 @@ def from_zarr(sc, path, var: str, *, dim: Hashable = "time", npartitions: int | 
         Records ``((i,), frame)``, carrying the movie's labels; only the store's
         metadata and labels are read on the driver.
     """
+    npartitions = _npartitions(npartitions, sc)
     path = str(path)
     with xr.open_zarr(path) as dataset:
         if var not in dataset:
             raise XregError(f"{path} has no variable {var!r}; it has {list(dataset.data_vars)}.")
         labels = _Labels.of(dataset[var], dim)
         n = dataset.sizes[dim]
-    bounds = _partition_bounds(n, npartitions or sc.defaultParallelism)
+    bounds = _partition_bounds(n, npartitions)
 
     def read(bounds_iter):
         for start, stop in bounds_iter:

@@ -6,7 +6,7 @@ import xarray as xr
 from conftest import ChunkReads, as_movie, fourier_moved, smooth_image
 
 import xreg
-from xreg import XregError
+from xreg import XregError, core
 
 
 def rms_up_to_offset(estimate, truth):
@@ -119,3 +119,12 @@ def test_walkthrough_scenario_without_a_reference():
     # As good as knowing the unmoved reference, up to one offset.
     assert rms_up_to_offset(own, truth) < 1.2 * rms_up_to_offset(true_reference, truth) + 0.02
     assert isinstance(own, xr.DataArray)
+
+
+def test_reference_without_the_final_shifts_is_the_same_image():
+    movie, _ = xreg.datasets.add_motion(xreg.datasets.mouse(n_frames=40), seed=3)
+    frames = movie.values
+    with_shifts, shifts = core.build_reference(frames, iterations=2)
+    alone, none = core.build_reference(frames, iterations=2, return_shifts=False)
+    np.testing.assert_array_equal(alone, with_shifts)
+    assert none is None and shifts.shape == (40, 3)

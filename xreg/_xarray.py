@@ -734,6 +734,7 @@ def build_reference(
         upsample_factor=upsample_factor,
         max_shift=max_shift,
         clip_percentiles=clip,
+        return_shifts=False,  # only the image is wanted: one pass fewer
     )
     return xr.DataArray(
         image,

@@ -119,7 +119,8 @@ def build_reference(
     max_shift=None,
     clip_percentiles=None,
     workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_shifts: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A sharp reference at the sample's median position.
 
     Parameters
@@ -138,14 +139,18 @@ def build_reference(
         reference's intensities at these percentiles (see :func:`clip_bounds`).
     workers : int, optional
         Threads, as in :func:`estimate_shifts`.
+    return_shifts : bool, default True
+        Also estimate the sample against the final reference (one more pass over
+        the sample); ``False`` returns ``None`` for them, when only the reference is
+        wanted.
 
     Returns
     -------
     reference : numpy.ndarray
         float64 frame.
-    shifts : numpy.ndarray
+    shifts : numpy.ndarray or None
         ``(n, ndim + 1)``: each sampled frame's displacement and quality relative
-        to the returned reference.
+        to the returned reference (None if ``return_shifts=False``).
     """
     frames = np.asarray(frames)
     if np.isfinite(frames).all():
@@ -154,6 +159,8 @@ def build_reference(
         reference = seed_reference(np.where(np.isfinite(frames), frames, np.nanmean(frames)))
     n = len(frames)
     for round_ in range(iterations + 1):
+        if round_ == iterations and not return_shifts:
+            return reference, None
         bounds = clip_bounds(reference, clip_percentiles)
         plan = prepare_reference(reference, max_shift=max_shift, clip=bounds)
         result = estimate_shifts(frames, plan, upsample_factor=upsample_factor, workers=workers)

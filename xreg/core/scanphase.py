@@ -296,12 +296,15 @@ def correct_scan_phase(
     n, lines, width = frames.shape[0], frames.shape[-2], frames.shape[-1]
     check_lines(lines, width, minimum=2)
     offsets = np.broadcast_to(check_offset(offsets, width), (n,))
-    out = frames.copy()
-    odd = frames[..., 1::2, :]
-    stacked = odd.reshape((-1,) + odd.shape[-2:])
-    per_frame = stacked.shape[0] // n if n else 1
-    shifts = np.zeros((stacked.shape[0], 2))
-    shifts[:, 1] = -np.repeat(offsets, per_frame)
-    moved = shift_frames(stacked, shifts, order=order, mode=mode, cval=cval)
-    out[..., 1::2, :] = moved.reshape(odd.shape)
+    out = np.empty_like(frames)
+    # A few frames at a time, so the odd lines' copies stay small (and in cache).
+    for start in range(0, n, _BATCH):
+        batch = slice(start, start + _BATCH)
+        out[batch] = frames[batch]
+        odd = frames[batch, ..., 1::2, :]
+        stacked = odd.reshape((-1,) + odd.shape[-2:])
+        shifts = np.zeros((stacked.shape[0], 2))
+        shifts[:, 1] = -np.repeat(offsets[batch], stacked.shape[0] // len(odd))
+        moved = shift_frames(stacked, shifts, order=order, mode=mode, cval=cval)
+        out[batch, ..., 1::2, :] = moved.reshape(odd.shape)
     return out

@@ -321,3 +321,56 @@ def test_core_terms_add_across_frames():
     rows = scanphase.phase_terms(frames, max_offset=8)
     together = scanphase.phase_terms(frames.reshape(1, *frames.shape), max_offset=8)
     np.testing.assert_allclose(rows.sum(axis=0), together[0], rtol=1e-9, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_command_line_scan_phase_is_applied_first_and_recorded(tmp_path, capsys):
+    import json
+
+    from xreg import io
+    from xreg.cli import main
+
+    shifts = motion(24, seed=13, size=2.0)
+    movie = as_movie(resonant_movie(1.4, shifts, photons=300, seed=14), "dask", chunk=8)
+    source = tmp_path / "in.zarr"
+    io.to_zarr(movie.to_dataset(name="movie"), source, mode="w")
+    unmoved = resonant_movie(0.0, np.zeros((1, 2)))[0]
+    np.save(tmp_path / "ref.npy", unmoved)
+
+    def register(output, choice):
+        args = ["register", source, tmp_path / output, "--reference", tmp_path / "ref.npy"]
+        return main([str(a) for a in args] + ["--quiet", "--scan-phase", choice])
+
+    assert register("auto.zarr", "auto") == 0
+    result = xr.open_zarr(tmp_path / "auto.zarr")
+    offset = result["movie"].attrs["xreg_scan_phase"]
+    assert abs(offset - 1.4) < 0.05
+    # The library's order: phase first, then motion, estimated on the corrected movie.
+    corrected = movie.reg.correct_scan_phase(movie.reg.scan_phase())
+    expected = corrected.reg.estimate(unmoved)
+    np.testing.assert_allclose(result["displacement"].values, expected.values, atol=1e-9)
+    assert np.sqrt(np.mean((expected.values - shifts) ** 2)) < 0.05
+    np.testing.assert_allclose(
+        result["movie"].values, corrected.reg.apply(expected).values, rtol=1e-6, atol=1e-6
+    )
+    table = tmp_path / "shifts.nc"
+    args = ["estimate", source, table, "--reference", tmp_path / "ref.npy", "--quiet"]
+    assert main([str(a) for a in args] + ["--scan-phase", "auto"]) == 0
+    np.testing.assert_allclose(io.read_displacement(table).values, expected.values, atol=1e-9)
+    record = json.loads((tmp_path / "auto.zarr" / "xreg-run.json").read_text())
+    assert record["settings"]["scan_phase"] == "auto"
+    # A run started with another choice is not resumed.
+    assert register("auto.zarr", "none") == 2
+    assert "settings" in capsys.readouterr().err
+    # A value is used as given.
+    assert register("value.zarr", "1.4") == 0
+    value = xr.open_zarr(tmp_path / "value.zarr")["movie"]
+    assert value.attrs["xreg_scan_phase"] == 1.4
+    # Too large: refused before anything is written; not a number: a usage error.
+    assert register("far.zarr", "40") == 2
+    assert "quarter" in capsys.readouterr().err and not (tmp_path / "far.zarr").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        register("word.zarr", "left")
+    assert exit_info.value.code == 2

@@ -39,12 +39,8 @@ def scan_dims(da, dims=None, dim: Hashable = "time", *, min_lines: int = 3):
     others = [d for d in da.dims if d != dim]
     if dims is None:
         dims = ("y", "x") if {"y", "x"} <= set(others) else tuple(others[-2:])
-    if (
-        not isinstance(dims, tuple | list)
-        or len(dims) != 2
-        or dims[0] == dims[1]
-        or not set(dims) <= set(others)
-    ):
+    dims = validate.dim_names(dims, "dims", da.dims, exclude=(dim,))
+    if len(dims) != 2:
         raise XregError(
             f"`dims` must name the line dim and the scan dim, two of {tuple(others)}; "
             f"got {dims!r}. E.g. `dims=('y', 'x')`: lines along y, each scanned along x."

@@ -58,6 +58,22 @@ def _percentiles(text: str) -> tuple[float, float] | None:
         ) from None
 
 
+def _scan_phase(text: str):
+    """``--scan-phase``: auto, none, or an offset in pixels."""
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return word
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(
+            f"expected auto, none or an offset in pixels (e.g. 1.5); got {text!r}"
+        )
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xreg", description="Register (motion-correct) image time series."
@@ -106,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
             default=",".join(str(p) for p in CLIP_PERCENTILES),
             help="LOW,HIGH: percentiles of the reference that frames and reference are "
             "clipped to before comparing (default %(default)s); none: no clipping",
+        )
+        sub.add_argument(
+            "--scan-phase",
+            type=_scan_phase,
+            default="none",
+            metavar="auto|none|VALUE",
+            help="resonant (bidirectional) scanning: the offset of the odd lines along x, "
+            "undone before motion is estimated; auto: measured on the movie; none "
+            "(default): no correction; VALUE: odd lines sampled at x + VALUE px",
         )
         sub.add_argument(
             "--chunk-frames",
@@ -186,6 +211,18 @@ def _check_options(args, movie) -> None:
     validate.estimate_options(frame_shape, **_estimate_options(args))
 
 
+def _without_scan_phase(movie, choice, workers):
+    """The movie with its scan phase undone (lazily), as ``--scan-phase`` asks: first,
+    so that motion is estimated and applied on the corrected frames."""
+    if choice == "none":
+        return movie
+    with _scheduler(workers):
+        offset = movie.reg.scan_phase() if choice == "auto" else choice
+    corrected = movie.reg.correct_scan_phase(offset)
+    # The offset used rides along in the registered movie's attrs.
+    return corrected.assign_attrs(xreg_scan_phase=float(offset))
+
+
 def _settings(args) -> dict:
     options = _estimate_options(args)
     if options["clip"] is not None:
@@ -196,6 +233,7 @@ def _settings(args) -> dict:
         "reference": args.reference,
         "chunk_frames": args.chunk_frames,
         "compression": args.compression,
+        "scan_phase": args.scan_phase,
         # Every estimator setting, so that a run made with other settings is not resumed.
         "estimate": options,
     }
@@ -208,6 +246,7 @@ def run_register(args) -> int:
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise XregError("OUTPUT is the INPUT; xreg never writes into its input.")
     _check_options(args, movie)
+    movie = _without_scan_phase(movie, args.scan_phase, args.workers)
     n = movie.sizes["time"]
     with _scheduler(args.workers), _progress(n, args.quiet, "register") as update:
         pipeline.run(
@@ -233,6 +272,7 @@ def run_estimate(args) -> int:
     )
     movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
     _check_options(args, movie)
+    movie = _without_scan_phase(movie, args.scan_phase, args.workers)
     with _scheduler(args.workers):
         reference = io.open_reference(args.reference, movie, clip=args.clip)
         shifts = movie.reg.estimate(reference, **_estimate_options(args))

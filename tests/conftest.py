@@ -123,3 +123,72 @@ def spark_context():
     context.setLogLevel("ERROR")
     yield context
     context.stop()
+
+
+# ----------------------------------------------------------------------------- object store
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server mode on a free loopback port, in a thread of this process.
+
+    Yields its endpoint URL; stopped when the session ends (a killed session takes the
+    thread with it).  No network: clients reach it on 127.0.0.1 only.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+S3_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "xreg-test",
+    "AWS_SECRET_ACCESS_KEY": "xreg-test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, request):
+    """A fresh bucket on the moto server; credentials and endpoint in the environment.
+
+    Yields ``(bucket URL, environment)``: the environment is also set in this process,
+    as boto and fsspec read it (``AWS_*``, ``FSSPEC_S3_ENDPOINT_URL``), so that
+    subprocesses given it find the server the same way.
+    """
+    import re
+
+    import s3fs
+
+    environment = {**S3_ENVIRONMENT, "AWS_ENDPOINT_URL": s3_server}
+    environment["FSSPEC_S3_ENDPOINT_URL"] = s3_server
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    bucket = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True)
+    fs.mkdir(bucket)
+    yield f"s3://{bucket}", environment
+    fs.rm(bucket, recursive=True)
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """A real ``distributed`` LocalCluster: 2 worker processes, 1 thread each, no dashboard.
+
+    Module-scoped (starting worker processes takes seconds); closed by the fixture.
+    """
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster

@@ -245,3 +245,20 @@ def spark_warnings(sc, path):
         config.removeLogger(name)
         context.updateLoggers()
         appender.stop()
+
+
+def test_the_one_pass_from_zarr_to_zarr_on_spark_matches_dask(spark_context, tmp_path):
+    from xreg.cli import main
+
+    still = xreg.datasets.mouse(n_frames=24, shape=(64, 64), seed=3)
+    moved, truth = xreg.datasets.add_motion(still, max_drift=3, subpixel=True, seed=3)
+    source = tmp_path / "in.zarr"
+    io.to_zarr(moved.chunk(time=6).to_dataset(name="movie"), source, mode="w")
+    np.save(tmp_path / "ref.npy", still.mean("time").values)
+    command = ["register", str(source), "--reference", str(tmp_path / "ref.npy"), "--quiet"]
+    assert main([*command, str(tmp_path / "dask.zarr")]) == 0
+    runner = xspark.chunk_runner(spark_context)
+    assert main([*command, str(tmp_path / "spark.zarr")], runner=runner) == 0
+    on_spark = xr.open_zarr(tmp_path / "spark.zarr")
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "dask.zarr"), on_spark)
+    assert np.abs(on_spark["displacement"].values - truth.values).max() < 0.5

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,36 @@ def _scan_phase(text: str):
             f"expected auto, none or an offset in pixels (e.g. 1.5); got {text!r}"
         )
     return value
+
+
+def _storage_option(text: str) -> tuple[list[str], object]:
+    """KEY=VALUE: the value read as JSON if it is (true, 3, {...}), else as text.
+
+    A dotted KEY sets a nested option: ``client_kwargs.region_name=eu-west-1``.
+    """
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE (for example endpoint_url=http://host:9000), got {text!r}"
+        )
+    try:
+        value = json.loads(value)
+    except ValueError:
+        pass
+    return key.strip().split("."), value
+
+
+def _storage_options(pairs) -> dict | None:
+    """The ``--storage-option`` flags as one dict for fsspec (None without any)."""
+    if not pairs:
+        return None
+    options: dict = {}
+    for keys, value in pairs:
+        level = options
+        for key in keys[:-1]:
+            level = level.setdefault(key, {})
+        level[keys[-1]] = value
+    return options
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +175,35 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
+        cluster = sub.add_argument_group(
+            "stores and clusters",
+            "INPUT, OUTPUT and a --reference file may be fsspec URLs (s3://bucket/movie.zarr, "
+            "gs://..., file://...); credentials and endpoint come from the environment as "
+            "boto and fsspec read them (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AWS_PROFILE, "
+            "FSSPEC_S3_ENDPOINT_URL, ...) or from --storage-option.",
+        )
+        cluster.add_argument(
+            "--storage-option",
+            dest="storage_options",
+            metavar="KEY=VALUE",
+            type=_storage_option,
+            action="append",
+            help="fsspec option for every URL, repeatable: endpoint_url=http://host:9000, "
+            "anon=true, key=..., client_kwargs.region_name=... (values read as JSON if they are)",
+        )
+        cluster.add_argument(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="run on an existing Dask cluster: its scheduler's address (tcp://HOST:8786) "
+            "or scheduler file",
+        )
+        cluster.add_argument(
+            "--processes",
+            type=_positive_int,
+            metavar="N",
+            help="start a local Dask cluster of N worker processes (--workers threads each, "
+            "default 1) for this run",
+        )
 
     register = commands.add_parser(
         "register",
@@ -197,6 +257,13 @@ def _scheduler(workers):
         yield
 
 
+def _cluster(args):
+    """Where the run's Dask work goes: --scheduler, --processes, or --workers threads."""
+    from .cluster import connect
+
+    return connect(args.scheduler, args.processes, args.workers)
+
+
 def _estimate_options(args) -> dict:
     """Keyword arguments of ``.reg.estimate`` from the command line."""
     options = {"upsample_factor": args.upsample_factor, "method": args.method, "clip": args.clip}
@@ -223,12 +290,26 @@ def _without_scan_phase(movie, choice, workers):
     return corrected.assign_attrs(xreg_scan_phase=float(offset))
 
 
+def _store_name(path: str) -> str:
+    """A store's name for comparing and recording: a URL as given, a path resolved."""
+    from .io import is_url, local_path
+
+    return path.rstrip("/") if is_url(path) else str(local_path(path).resolve())
+
+
+def _check_not_input(args) -> None:
+    """OUTPUT must be neither the input nor inside it: the input is never written."""
+    source, target = _store_name(args.input), _store_name(args.output)
+    if target == source or target.startswith(source + "/"):
+        raise XregError("OUTPUT is the INPUT or inside it; xreg never writes into its input.")
+
+
 def _settings(args) -> dict:
     options = _estimate_options(args)
     if options["clip"] is not None:
         options["clip"] = list(options["clip"])  # as JSON gives it back
     return {
-        "input": str(Path(args.input).resolve()),
+        "input": _store_name(args.input),
         "var": args.var,
         "reference": args.reference,
         "chunk_frames": args.chunk_frames,
@@ -239,25 +320,37 @@ def _settings(args) -> dict:
     }
 
 
-def run_register(args) -> int:
+def run_register(args, runner=None) -> int:
+    """``xreg register``; ``runner``: see :func:`xreg.pipeline.run` (Spark's, for one)."""
     from . import io, pipeline
 
-    movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise XregError("OUTPUT is the INPUT; xreg never writes into its input.")
+    options = _storage_options(args.storage_options)
+    _check_not_input(args)
+    movie = io.open_movie(
+        args.input, args.var, chunk_frames=args.chunk_frames, storage_options=options
+    )
     _check_options(args, movie)
     movie = _without_scan_phase(movie, args.scan_phase, args.workers)
+    output = args.output
+    if io.is_url(output):
+        io.check_store(output, options, write=True)  # its bucket, within seconds
+    else:
+        output = str(io.local_path(output))
     n = movie.sizes["time"]
-    with _scheduler(args.workers), _progress(n, args.quiet, "register") as update:
+    with _cluster(args), _progress(n, args.quiet, "register") as update:
         pipeline.run(
             movie,
-            str(args.output),
-            reference=lambda: io.open_reference(args.reference, movie, clip=args.clip),
+            output,
+            reference=lambda: io.open_reference(
+                args.reference, movie, clip=args.clip, storage_options=options
+            ),
             settings=_settings(args),
             estimate_options=_estimate_options(args),
             overwrite=args.overwrite,
             compression=args.compression,
             progress=update,
+            storage_options=options,
+            runner=runner,
         )
     if not args.quiet:
         print(f"registered {n} frames into {args.output}", file=sys.stderr)
@@ -267,16 +360,25 @@ def run_register(args) -> int:
 def run_estimate(args) -> int:
     from . import io
 
+    options = _storage_options(args.storage_options)
+    _check_not_input(args)
     output = io.check_displacement_path(
-        args.output, overwrite=args.overwrite, blocks=args.method == "piecewise"
+        args.output,
+        overwrite=args.overwrite,
+        blocks=args.method == "piecewise",
+        storage_options=options,
     )
-    movie = io.open_movie(args.input, args.var, chunk_frames=args.chunk_frames)
+    movie = io.open_movie(
+        args.input, args.var, chunk_frames=args.chunk_frames, storage_options=options
+    )
     _check_options(args, movie)
     movie = _without_scan_phase(movie, args.scan_phase, args.workers)
-    with _scheduler(args.workers):
-        reference = io.open_reference(args.reference, movie, clip=args.clip)
+    with _cluster(args):
+        reference = io.open_reference(
+            args.reference, movie, clip=args.clip, storage_options=options
+        )
         shifts = movie.reg.estimate(reference, **_estimate_options(args))
-    io.write_displacement(shifts, output, overwrite=args.overwrite)
+    io.write_displacement(shifts, output, overwrite=args.overwrite, storage_options=options)
     if not args.quiet:
         print(f"estimated {movie.sizes['time']} displacements into {output}", file=sys.stderr)
     return 0
@@ -306,12 +408,14 @@ def _return_freed_memory_to_the_system() -> None:
             ctypes.CDLL(name).mallopt(m_mmap_threshold, 1024 * 1024)
 
 
-def main(argv=None) -> int:
-    """Entry point of the ``xreg`` command."""
+def main(argv=None, *, runner=None) -> int:
+    """Entry point of the ``xreg`` command (``runner``: of ``register``, for Spark)."""
     args = _parser().parse_args(argv)
     _return_freed_memory_to_the_system()
     commands = {"register": run_register, "estimate": run_estimate, "demo": run_demo}
     try:
+        if runner is not None and args.command == "register":
+            return run_register(args, runner)
         return commands[args.command](args)
     except XregError as error:
         print(f"xreg: error: {error}", file=sys.stderr)

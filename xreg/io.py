@@ -32,6 +32,114 @@ CSV_DECIMALS = 6  # a millionth of a pixel: far below any estimate's precision
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
 
 
+# ----------------------------------------------------------------------------- paths and URLs
+
+
+def is_url(path) -> bool:
+    """A store named by an fsspec URL (``s3://``, ``gs://``, ...), not a local path.
+
+    ``file://`` URLs are local paths and are handled as such.
+    """
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def local_path(path):
+    """The local path of a path or a ``file://`` URL (anything else as it is)."""
+    if isinstance(path, str) and path.startswith("file://"):
+        return Path(path[len("file://") :])
+    return Path(path) if isinstance(path, str | os.PathLike) else path
+
+
+def _probe_options(url: str, storage_options: dict | None) -> dict:
+    """Storage options for a quick check: connect in 2 s, one attempt, a fresh client.
+
+    A run keeps the user's options (and the library's retries for transient errors);
+    only the check before it must fail fast when the endpoint cannot be reached.
+    """
+    options = {**(storage_options or {}), "skip_instance_cache": True}
+    if url.split("://", 1)[0] in ("s3", "s3a"):
+        config = {"connect_timeout": 2, "retries": {"max_attempts": 1}}
+        options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
+    return options
+
+
+def _store_error(url: str, error: BaseException) -> XregError:
+    """One line naming what went wrong with a store and how to fix it."""
+    chain, cause = [], error
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    names = {type(e).__name__ for e in chain}
+    text = " ".join(str(e) for e in chain).lower()
+    if names & {"NoCredentialsError", "PartialCredentialsError"}:
+        why = (
+            "no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a "
+            "profile), or pass --storage-option key=... --storage-option secret=..."
+        )
+    elif any(isinstance(e, PermissionError) for e in chain) or "access denied" in text:
+        why = (
+            "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or --storage-option key=/secret=) and the bucket's permissions"
+        )
+    elif names & {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionError",
+        "ClientConnectorError",
+        "ServerTimeoutError",
+        "TimeoutError",
+        "ConnectionRefusedError",
+    }:
+        why = (
+            "cannot reach the storage endpoint; check the URL, the network and the endpoint "
+            "(AWS_ENDPOINT_URL or --storage-option endpoint_url=...)"
+        )
+    elif "bucket does not exist" in text or "nosuchbucket" in text:
+        why = "the bucket does not exist; create it or correct the URL"
+    elif any(isinstance(e, FileNotFoundError) for e in chain):
+        why = "no such store"
+    elif any(isinstance(e, ImportError) for e in chain):
+        why = f"{error}; install the fsspec backend for this protocol (s3: `pip install s3fs`)"
+    else:
+        why = f"{type(error).__name__}: {error}"
+    return XregError(f"{url}: {why}.")
+
+
+def check_store(url: str, storage_options: dict | None = None, *, write: bool = False) -> bool:
+    """Check a store named by a URL before any work; whether it exists.
+
+    For reading (``write=False``) the store must exist; for writing, the bucket (the
+    first part of the path) must.  Fails within seconds with an :class:`XregError`
+    naming the cause: a missing bucket or store, credentials refused, an endpoint
+    that cannot be reached.
+    """
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **_probe_options(url, storage_options))
+        if hasattr(fs, "retries"):
+            fs.retries = 1  # s3fs retries with back-off; a check must not wait for that
+        if not write:
+            fs.info(root)
+            return True
+        bucket = root.split("/", 1)[0]
+        fs.info(bucket)
+        return fs.exists(root)
+    except XregError:
+        raise
+    except Exception as error:  # backends raise many kinds; the user needs one line
+        raise _store_error(url, error) from error
+
+
+def _filesystem(url: str, storage_options: dict | None = None):
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except Exception as error:
+        raise _store_error(url, error) from error
+
+
 @contextlib.contextmanager
 def _zarr_quietly():
     """Silence Zarr's notes on format-3 consolidated metadata (we write and read it)."""
@@ -70,20 +178,30 @@ def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path / "zarr.json").exists() or (path / ".zgroup").exists()
 
 
-def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None) -> xr.DataArray:
+def open_movie(
+    path,
+    var: str | None = None,
+    *,
+    chunk_frames: int | None = None,
+    storage_options: dict | None = None,
+) -> xr.DataArray:
     """Open a movie lazily from a Zarr store, an OME-Zarr image or a TIFF stack.
 
     Parameters
     ----------
     path : str or path-like
-        A Zarr store (directory), an OME-Zarr image (NGFF 0.4 or 0.5, see
-        :func:`open_ome_zarr`) or a TIFF file (read through tifffile's Zarr
-        interface, page by page, with dims from its metadata: a ``channel`` dim
-        for multi-channel ImageJ, OME and ScanImage files).
+        A Zarr store (directory, or an fsspec URL such as ``s3://bucket/movie.zarr``),
+        an OME-Zarr image (NGFF 0.4 or 0.5, local; see :func:`open_ome_zarr`) or a
+        local TIFF file (read through tifffile's Zarr interface, page by page, with
+        dims from its metadata: a ``channel`` dim for multi-channel ImageJ, OME and
+        ScanImage files).
     var : str, optional
         The variable of a Zarr store; default: its only data variable.
     chunk_frames : int, optional
         Frames per chunk; default: the store's own chunking (TIFF: 64 frames).
+    storage_options : dict, optional
+        For fsspec, when ``path`` is a URL (credentials, ``endpoint_url``, ...);
+        what boto and fsspec read from the environment applies too.
 
     Returns
     -------
@@ -97,16 +215,26 @@ def open_movie(path, var: str | None = None, *, chunk_frames: int | None = None)
     """
     if chunk_frames is not None:
         chunk_frames = validate.whole(chunk_frames, "chunk_frames", minimum=1)
-    path = _existing(path)
-    if path.name.lower().endswith(TIFF_SUFFIXES):
+    zarr_options = {}
+    if is_url(path):
+        if path.lower().rstrip("/").endswith(TIFF_SUFFIXES):
+            raise XregError(
+                f"{path}: TIFF stacks are read from local files only; copy it here, or "
+                "convert it to Zarr (`xreg register` reads a local TIFF)."
+            )
+        check_store(path, storage_options)
+        zarr_options = {"storage_options": storage_options} if storage_options else {}
+    else:
+        path = _existing(local_path(path))
+    if not is_url(path) and path.name.lower().endswith(TIFF_SUFFIXES):
         movie = _open_tiff(path)
         chunk_frames = chunk_frames or 64
-    elif path.is_dir() and _is_ome_zarr(path):
+    elif not is_url(path) and path.is_dir() and _is_ome_zarr(path):
         movie = open_ome_zarr(path)
-    elif path.is_dir() and _is_zarr(path):
+    elif is_url(path) or (path.is_dir() and _is_zarr(path)):
         try:
             with _zarr_quietly():
-                dataset = xr.open_zarr(path)
+                dataset = xr.open_zarr(path, **zarr_options)
         except Exception as error:  # zarr raises many kinds; the user needs one line
             raise XregError(f"{path}: not a readable Zarr store ({error}).") from error
         names = list(dataset.data_vars)
@@ -275,13 +403,18 @@ def open_ome_zarr(path) -> xr.DataArray:
 
 
 def open_reference(
-    spec: str, movie: xr.DataArray, *, clip=_xarray.CLIP_PERCENTILES
+    spec: str,
+    movie: xr.DataArray,
+    *,
+    clip=_xarray.CLIP_PERCENTILES,
+    storage_options: dict | None = None,
 ) -> xr.DataArray:
     """The reference a command line asked for.
 
     ``auto`` builds one (``movie.reg.reference(clip=clip)``); ``mean`` is the mean of all
     frames (one extra pass); ``first:N`` the mean of the first N frames; anything
-    else is a file: ``.npy``, a TIFF, or a Zarr/netCDF whose first variable is a frame.
+    else is a file: ``.npy``, a TIFF, or a Zarr/netCDF whose first variable is a frame,
+    a local path or an fsspec URL (read with ``storage_options``).
     """
     spatial = [d for d in movie.dims if d != "time"]
     # Each kind records its `method`, which the displacements carry as `reference_method`.
@@ -298,7 +431,11 @@ def open_reference(
             raise XregError(f"--reference {spec}: N must be a positive whole number (first:10).")
         first = movie.isel(time=slice(0, count)).mean("time").compute()
         return first.assign_attrs(method=f"mean of the first {count} frames")
-    path = Path(spec)
+    if is_url(spec):  # a frame is small: read from a copy
+        check_store(spec, storage_options)
+        read = lambda local: open_reference(str(local), movie, clip=clip)  # noqa: E731
+        return _read_remote_file(spec, storage_options, read)
+    path = local_path(spec)
     if not path.exists():
         raise XregError(f"--reference {spec}: not a file, and not one of auto, mean, first:N.")
     if path.suffix == ".npy":
@@ -319,23 +456,28 @@ def open_reference(
     return xr.DataArray(image, dims=spatial, attrs={"method": f"file {spec}"})
 
 
-def check_displacement_path(path, *, overwrite: bool = False, blocks: bool = False) -> Path:
+def check_displacement_path(
+    path, *, overwrite: bool = False, blocks: bool = False, storage_options: dict | None = None
+):
     """The path displacements will be written to, checked before any work is done.
 
     ``blocks``: the displacements are piecewise (per block), which a CSV cannot hold.
+    ``path`` may be an fsspec URL (returned as a string, local paths as a ``Path``).
 
     Raises
     ------
     XregError
         If it exists and ``overwrite`` is false, or its suffix is not .zarr, .nc, .csv
-        (not .csv for ``blocks``).
+        (not .csv for ``blocks``); for a URL, if its bucket cannot be written to.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
+    path = path if is_url(path) else local_path(path)
+    exists = check_store(path, storage_options, write=True) if is_url(path) else path.exists()
+    if exists and not overwrite:
         raise XregError(f"{path} exists; pass --overwrite to replace it.")
-    if path.suffix not in (".zarr", ".nc", ".csv"):
+    suffix = Path(str(path).rstrip("/")).suffix
+    if suffix not in (".zarr", ".nc", ".csv"):
         raise XregError(f"{path}: save displacements as .zarr, .nc or .csv.")
-    if blocks and path.suffix == ".csv":
+    if blocks and suffix == ".csv":
         raise XregError(
             f"{path}: a CSV holds one row per frame, and piecewise displacements have one "
             "per block. Save them as .zarr or .nc."
@@ -343,14 +485,20 @@ def check_displacement_path(path, *, overwrite: bool = False, blocks: bool = Fal
     return path
 
 
-def write_displacement(shifts: xr.DataArray, path, *, overwrite: bool = False) -> None:
+def write_displacement(
+    shifts: xr.DataArray, path, *, overwrite: bool = False, storage_options: dict | None = None
+) -> None:
     """Save displacements as Zarr (``.zarr``), netCDF (``.nc``) or CSV (``.csv``).
 
     The CSV has one row per frame: the time coordinate, one column per axis, the
     quality and ``bad_frame``; numbers are rounded to ``CSV_DECIMALS`` decimals (a
     millionth of a pixel), so that they read as written (``-0.1``, not
     ``-0.09999999999999432``).
+    ``path`` may be an fsspec URL, written with ``storage_options``.
     """
+    if is_url(path):
+        _write_remote_displacement(shifts, path, overwrite, storage_options)
+        return
     path = check_displacement_path(path, overwrite=overwrite, blocks=shifts.ndim > 2)
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -367,12 +515,22 @@ def write_displacement(shifts: xr.DataArray, path, *, overwrite: bool = False) -
         to_zarr(shifts.to_dataset(), path, mode="w-")
 
 
-def read_displacement(path) -> xr.DataArray:
-    """Read displacements written by :func:`write_displacement` or ``xreg register``."""
+def read_displacement(path, *, storage_options: dict | None = None) -> xr.DataArray:
+    """Read displacements written by :func:`write_displacement` or ``xreg register``.
+
+    ``path`` may be an fsspec URL, read with ``storage_options``.
+    """
     import pandas as pd
 
-    path = _existing(path)
-    if path.suffix == ".csv":
+    options = {}
+    if is_url(path):
+        check_store(path, storage_options)
+        if not path.rstrip("/").endswith(".zarr"):  # a CSV or netCDF: read from a copy
+            return _read_remote_file(path, storage_options, read_displacement)
+        options = {"storage_options": storage_options} if storage_options else {}
+    else:
+        path = _existing(local_path(path))
+    if not is_url(path) and path.suffix == ".csv":
         table = pd.read_csv(path, index_col=0)
         if _xarray.QUALITY not in table or table.shape[1] < 2:
             raise XregError(
@@ -389,8 +547,8 @@ def read_displacement(path) -> xr.DataArray:
             name=_xarray.DISPLACEMENT,
         )
         return DisplacementArray(shifts.assign_coords(labels))
-    engine = "zarr" if _is_zarr(path) else None
-    with _zarr_quietly(), xr.open_dataset(path, engine=engine) as dataset:
+    engine = "zarr" if is_url(path) or _is_zarr(path) else None
+    with _zarr_quietly(), xr.open_dataset(path, engine=engine, **options) as dataset:
         if _xarray.DISPLACEMENT not in dataset:
             raise XregError(
                 f"{path} holds no {_xarray.DISPLACEMENT!r} variable; it has "
@@ -399,3 +557,33 @@ def read_displacement(path) -> xr.DataArray:
         shifts = dataset[_xarray.DISPLACEMENT].load()
     axes = [str(a) for a in shifts[_xarray.AXIS].values]
     return DisplacementArray(shifts.assign_coords({_xarray.AXIS: axes}))  # .plot() draws lines
+
+
+def _write_remote_displacement(shifts, url: str, overwrite: bool, storage_options) -> None:
+    """:func:`write_displacement` to a store: Zarr directly, CSV and netCDF via a copy."""
+    import tempfile
+
+    options = {"overwrite": overwrite, "blocks": shifts.ndim > 2}
+    check_displacement_path(url, storage_options=storage_options, **options)
+    fs, root = _filesystem(url, storage_options)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    if url.rstrip("/").endswith(".zarr"):
+        options = {"storage_options": storage_options} if storage_options else {}
+        to_zarr(shifts.to_dataset(), url, mode="w-", **options)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / Path(root).name
+        write_displacement(shifts, local)
+        fs.put_file(str(local), root)
+
+
+def _read_remote_file(url: str, storage_options, read):
+    """``read(local copy)`` of one object (or small Zarr store) of a store."""
+    import tempfile
+
+    fs, root = _filesystem(url, storage_options)
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / Path(root).name
+        fs.get(root, str(local), recursive=True)
+        return read(local)

@@ -28,7 +28,7 @@ import xarray as xr
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
-from . import _xarray, core, validate
+from . import _xarray, cluster, core, validate
 from .errors import XregError
 
 __all__ = ["register", "run"]
@@ -366,6 +366,7 @@ def run(
     compression: str = "auto",
     progress: Callable[[int], None] | None = None,
     storage_options: dict | None = None,
+    runner: Callable | None = None,
 ) -> xr.Dataset:
     """Register ``movie`` into a new Zarr store in one pass, resumably.
 
@@ -395,6 +396,12 @@ def run(
         run, all of them on a finished store), then as chunks are written.
     storage_options : dict, optional
         For fsspec, when ``output`` is a URL.
+    runner : callable, optional
+        ``runner(written, report)`` computes the pass elsewhere: ``written`` is a Dask
+        array with one block per chunk still to do, each block's graph reading,
+        registering and writing its chunk and giving its frame count; ``report`` as
+        ``progress``.  Default: Dask (a ``distributed`` cluster if a client is current).
+        :func:`xreg.spark.chunk_runner` runs the blocks as Spark tasks.
 
     Returns
     -------
@@ -460,8 +467,12 @@ def run(
             store=store,
             dtype=np.int64,
         )
-        with threadpool_limits(limits=1, user_api="blas"), _Progress(written.name, report):
-            written.compute()
+        with threadpool_limits(limits=1, user_api="blas"):
+            if runner is not None:
+                runner(written, report)
+            elif not cluster.compute_on_cluster(written, report):  # else the local scheduler
+                with _Progress(written.name, report):
+                    written.compute()
         done = store.done()
     table = np.concatenate([done[i] for i in range(len(sizes))])
     shifts = displacements(table, movie, step)

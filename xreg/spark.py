@@ -36,6 +36,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 __all__ = [
     "apply",
+    "chunk_runner",
     "correct_scan_phase",
     "estimate",
     "from_rdd",
@@ -684,3 +685,31 @@ def correct_scan_phase(rdd, offset, *, order: int = 1, mode: str = "nearest", cv
             yield key, moved[0]
 
     return rdd.mapPartitions(correct, preservesPartitioning=True)
+
+
+# ----------------------------------------------------------------------------- one pass
+
+
+def chunk_runner(sc):
+    """Run :func:`xreg.pipeline.run`'s chunk tasks on Spark: ``run(..., runner=chunk_runner(sc))``.
+
+    Each chunk still to do becomes one Spark task that computes that chunk's part of
+    the pipeline's graph: read it from the input store, estimate and apply, write it
+    into the output store and record it as done.  The driver only prepares (reference,
+    store layout) and finishes (displacements); stores must be reachable from every
+    executor (an object store, or a shared file system).  A failed task is retried by
+    Spark; it rewrites the same bytes.
+    """
+
+    def run(written, report):
+        blocks = [written.blocks[k] for k in range(written.numblocks[0])]
+        counts = sc.parallelize(blocks, len(blocks)).map(_compute_block)
+        for count in counts.toLocalIterator():
+            report(count)
+
+    return run
+
+
+def _compute_block(block) -> int:
+    # One chunk's graph, run in this executor's Python worker, one thread.
+    return int(block.compute(scheduler="sync")[0])

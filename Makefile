@@ -6,10 +6,12 @@ STAMP := $(VENV)/.xreg-installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	# constraints.txt: versions known to resolve together here (without it pip backtracks
+	# the S3 stack, boto3/aiobotocore/moto, into sdists that cannot build offline).
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -247,10 +247,11 @@ def percentiles(value, name: str = "clip") -> tuple[float, float] | None:
 
 
 def check_upsample_factor(value) -> int:
-    """The subpixel precision ``1 / upsample_factor``: a whole number from 1 to 1000."""
+    """``upsample_factor``: a whole number from 1 to 1000 (1: whole pixels; above 1 the
+    continuous subpixel estimate, the value setting its fallback lattice)."""
     return whole(
         value,
-        "check_upsample_factor",
+        "upsample_factor",
         minimum=1,
         maximum=MAX_UPSAMPLE_FACTOR,
         fix=f"{MAX_UPSAMPLE_FACTOR} (1/{MAX_UPSAMPLE_FACTOR} px) is already finer than "

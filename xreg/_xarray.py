@@ -304,44 +304,16 @@ def reference_attrs(reference) -> dict:
 
 
 def estimate(
-    da: xr.DataArray,
-    reference=None,
-    *,
-    upsample_factor: int = 10,
-    dim: Hashable = "time",
-    max_shift=None,
-    smooth: int | None = None,
-    bad_frame_threshold: float = 6.0,
-    method: str = "rigid",
-    block_size=(128, 128),
-    overlap: float = 0.5,
-    min_quality: float = 0.3,
-    clip=CLIP_PERCENTILES,
-    whole_frame: bool = False,
-    spatial_dims=None,
+    da: xr.DataArray, reference=None, *, dim: Hashable = "time", **options
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.estimate`.
 
+    ``options`` are :func:`prepare_estimate`'s (its signature holds the defaults);
     ``whole_frame=True`` correlates whole frames circularly over every shift (no
     border window): thunder-registration's CrossCorr, for the model API.
     """
     da = labels_chunked_like_movie(da, dim)
-    est = prepare_estimate(
-        da,
-        reference,
-        upsample_factor=upsample_factor,
-        dim=dim,
-        max_shift=max_shift,
-        smooth=smooth,
-        bad_frame_threshold=bad_frame_threshold,
-        method=method,
-        block_size=block_size,
-        overlap=overlap,
-        min_quality=min_quality,
-        clip=clip,
-        whole_frame=whole_frame,
-        spatial_dims=spatial_dims,
-    )
+    est = prepare_estimate(da, reference, dim=dim, **options)
     values = _per_frame(da, dim, est.spatial, est.function, est.width, plan=est.plan, **est.kwargs)
     smooth, min_quality = est.options["smooth"], est.options["min_quality"]
     shifts = displacements(

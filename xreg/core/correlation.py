@@ -723,6 +723,18 @@ def _contract(values, kernels):
     return values
 
 
+def _axis_frequencies(half_length, size, last):
+    """The integer frequencies of one axis of a half (rfftn) spectrum, and their weights.
+
+    Along the last axis (``last``) the half spectrum stands for its conjugate twin too,
+    so each bin counts twice but 0 and Nyquist; the other axes hold every frequency once.
+    """
+    if last:
+        freqs = np.arange(half_length)
+        return freqs, np.where((freqs == 0) | (2 * freqs == size), 1.0, 2.0)
+    return np.fft.fftfreq(size, 1 / size).astype(np.int64), np.ones(size)
+
+
 def _dft_at(spectrum, shape, origin, grid):
     """Inverse DFT of each item's half spectrum at ``origin + grid`` per axis.
 
@@ -736,13 +748,7 @@ def _dft_at(spectrum, shape, origin, grid):
     values = spectrum
     for axis in reversed(range(len(shape))):
         size = shape[axis]
-        if axis == len(shape) - 1:
-            freqs = np.arange(spectrum.shape[-1])
-            # The half spectrum stands for its conjugate twin too (not at 0 and Nyquist).
-            weights = np.where((freqs == 0) | (2 * freqs == size), 1.0, 2.0)
-        else:
-            freqs = sfft.fftfreq(size, 1 / size)
-            weights = np.ones(size)
+        freqs, weights = _axis_frequencies(spectrum.shape[-1], size, axis == len(shape) - 1)
         ramp = (weights * np.exp(2j * np.pi * freqs * origin[:, axis, None] / size)).astype(
             np.complex64
         )
@@ -871,12 +877,7 @@ def _dft_derivatives(spectrum, shape, point, orders=3):
     values = spectrum
     for axis in reversed(range(len(shape))):
         size = shape[axis]
-        if axis == len(shape) - 1:
-            freqs = np.arange(spectrum.shape[-1])
-            weights = np.where((freqs == 0) | (2 * freqs == size), 1.0, 2.0)
-        else:
-            freqs = np.fft.fftfreq(size, 1 / size).astype(np.int64)
-            weights = np.ones(size)
+        freqs, weights = _axis_frequencies(spectrum.shape[-1], size, axis == len(shape) - 1)
         kernel = _ramp_kernel(weights, freqs, size, point[:, axis], orders)
         if size % 2 == 0:
             nyquist = size // 2

@@ -19,7 +19,8 @@ estimate + apply.
 With ``--suite2p PYTHON`` (a Python that has suite2p, in an environment of its own:
 suite2p is never an xreg dependency), the same movie is also registered by
 suite2p, rigid and non-rigid with 128 px blocks (``suite2p_side.py``), in the same
-run, and its rows join the table.
+run, and its rows join the table.  Build that environment with
+``sh benchmarks/make_suite2p_env.sh`` (then ``--suite2p .suite2p-venv/bin/python``).
 """
 
 from __future__ import annotations

@@ -220,6 +220,31 @@ def _csv_truth(result, tmp):
     np.testing.assert_allclose(io.read_displacement(tmp / "out.csv").values, TRUTH, atol=1e-9)
 
 
+def channel_store(tmp, labels=("red", "green")) -> str:
+    """A Zarr movie (time, channel, y, x): both channels moved by TRUTH, the second one
+    other content; ``labels`` None stores no channel coordinate."""
+    frames = np.stack([frames_at(TRUTH), 100 + frames_at(TRUTH)[:, ::-1] / 2], axis=1)
+    coords = {"time": np.arange(len(TRUTH))}
+    if labels is not None:
+        coords["channel"] = list(labels)
+    da = xr.DataArray(frames, dims=("time", "channel", "y", "x"), coords=coords)
+    path = tmp / "channels.zarr"
+    io.to_zarr(da.chunk(time=2).to_dataset(name="movie"), path, mode="w")
+    return str(path)
+
+
+def _refused_before_any_work(*names):
+    """As ``cli_refuses``, for ``(result, output)``: and nothing was written to ``output``."""
+    _, check = cli_refuses(*names)
+
+    def both(pair):
+        result, output = pair
+        check(result)
+        assert not output.exists()
+
+    return ("ok", both)
+
+
 def _tiff_frames(opened):
     assert opened.dims == ("time", "y", "x") and opened.chunks is not None
     np.testing.assert_array_equal(opened.values, frames_at(TRUTH).astype(np.uint16))
@@ -667,6 +692,63 @@ CASES = [
             tmp,
         ),
         holds(lambda pair: _csv_truth(*pair)),
+    ),
+    # --channel: which channel of a multi-channel movie gives the displacements
+    (
+        "cli-channel-missing",
+        lambda tmp: cli(tmp, "estimate", channel_store(tmp), "{tmp}/o.csv"),
+        cli_refuses("2 channels", "--channel", "'red', 'green'"),
+    ),
+    (
+        "cli-register-channel-missing",
+        lambda tmp: (cli(tmp, "register", channel_store(tmp), "{tmp}/out.zarr"), tmp / "out.zarr"),
+        _refused_before_any_work("--channel red", "positions 0..1"),
+    ),
+    (
+        "cli-channel-unknown",
+        lambda tmp: (
+            cli(tmp, "register", channel_store(tmp), "{tmp}/out.zarr", "--channel", "blue"),
+            tmp / "out.zarr",
+        ),
+        _refused_before_any_work("--channel", "'blue'", "'red', 'green'"),
+    ),
+    (
+        "cli-channel-position-beyond",
+        lambda tmp: cli(tmp, "estimate", channel_store(tmp, None), "{tmp}/o.csv", "--channel", "2"),
+        cli_refuses("--channel", "'2'", "[0, 1]"),
+    ),
+    (
+        "cli-channel-numbers-are-labels",  # never positions: 0 is not a wavelength here
+        lambda tmp: cli(
+            tmp, "estimate", channel_store(tmp, (488, 561)), "{tmp}/o.csv", "--channel", "0"
+        ),
+        cli_refuses("--channel", "[488, 561]"),
+    ),
+    (
+        "cli-channel-without-channels",
+        lambda tmp: cli(
+            tmp, "estimate", store(tmp, frames_at(TRUTH)), "{tmp}/o.csv", "--channel", "red"
+        ),
+        cli_refuses("--channel", "no channel dim"),
+    ),
+    (
+        "cli-channel-by-label-number",
+        lambda tmp: (
+            cli(
+                tmp,
+                "estimate",
+                channel_store(tmp, (488, 561)),
+                "{tmp}/out.csv",
+                *("--channel", "488", "--reference", "first:1"),
+            ),
+            tmp,
+        ),
+        holds(lambda pair: _csv_truth(*pair)),
+    ),
+    (
+        "register-channel-unknown",
+        lambda tmp: movie().expand_dims(channel=["red"], axis=1).reg.register(REF(), channel=3),
+        refused("`channel` 3", "['red']"),
     ),
 ]
 

@@ -2,12 +2,13 @@
 
 import sys
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fourier_moved, raise_if_dask_computes, smooth_image
+from conftest import ChunkReads, fourier_moved, raise_if_dask_computes, smooth_image
 
-from xreg import XregError, io
+from xreg import XregError, io, pipeline
 
 GREEN = smooth_image((80, 72), seed=3) * 1000  # activity channel
 RED = smooth_image((80, 72), sigma=2.5, seed=4) * 500  # structural channel
@@ -15,9 +16,9 @@ TRUTH = np.random.default_rng(7).uniform(-4, 4, (12, 2))
 INTERIOR = (slice(None), slice(8, -8), slice(8, -8))
 
 
-def two_channel_movie(backend="numpy", chunk=4) -> xr.DataArray:
+def two_channel_movie(backend="numpy", chunk=4, images=(RED, GREEN)) -> xr.DataArray:
     """(time, channel, y, x): both channels moved by the same known displacements."""
-    frames = np.stack([fourier_moved(RED, TRUTH), fourier_moved(GREEN, TRUTH)], axis=1)
+    frames = np.stack([fourier_moved(image, TRUTH) for image in images], axis=1)
     movie = xr.DataArray(
         frames.astype(np.float32),
         dims=("time", "channel", "y", "x"),
@@ -32,9 +33,9 @@ def two_channel_movie(backend="numpy", chunk=4) -> xr.DataArray:
     return movie.chunk(time=chunk) if backend == "dask" else movie
 
 
-def assert_matches_unmoved(fixed: xr.DataArray, channel: str) -> None:
+def assert_matches_unmoved(fixed: xr.DataArray, channel: str, still=None) -> None:
     """The registered channel equals its unmoved image away from the border."""
-    still = {"red": RED, "green": GREEN}[channel]
+    still = {"red": RED, "green": GREEN}[channel] if still is None else still
     error = np.abs(fixed.sel(channel=channel).values[INTERIOR] - still[INTERIOR[1:]]).max()
     moved = np.abs(fourier_moved(still, TRUTH)[INTERIOR] - still[INTERIOR[1:]]).max()
     assert error < 0.02 * np.abs(still).mean() < moved
@@ -81,6 +82,50 @@ def test_estimate_on_a_movie_with_channels_shows_the_fix():
         cameras.reg.apply(shifts.values)  # numpy shifts, and `view` looks spatial
     fixed = cameras.reg.apply(shifts.values, spatial_dims=("y", "x"))
     xr.testing.assert_identical(fixed, cameras.reg.apply(shifts))
+
+
+def test_register_on_one_channel_in_one_pass(backend, tmp_path):
+    """`register(channel=...)`: estimated on that channel, every channel moved, in the
+    task that reads the chunk; the same as estimate on the channel, then apply."""
+    movie = two_channel_movie(backend)
+    expected = movie.sel(channel="red").reg.estimate(RED, upsample_factor=20)
+    expected = expected.assign_attrs(channel="red")
+    with raise_if_dask_computes():
+        fixed, shifts = movie.reg.register(RED, channel="red", upsample_factor=20, order=3)
+    xr.testing.assert_identical(shifts.compute(), expected)
+    xr.testing.assert_identical(fixed.compute(), movie.reg.apply(expected, order=3).compute())
+    assert_matches_unmoved(fixed, "green")
+    # The channel dim anywhere, chunked per channel; chosen by position (text labels).
+    moved = movie.transpose("time", "y", "channel", "x")
+    moved = moved.chunk(time=4, channel=1) if backend == "dask" else moved
+    fixed, _ = moved.reg.register(RED, channel=0, upsample_factor=20, order=3)
+    xr.testing.assert_identical(fixed.compute(), moved.reg.apply(expected, order=3).compute())
+    # The resumable run, likewise (the channel's axis kept in the store).
+    written = pipeline.run(
+        moved.chunk(time=4),
+        str(tmp_path / "out.zarr"),
+        reference=lambda: xr.DataArray(RED, dims=("y", "x")),
+        settings={},
+        estimate_options={"upsample_factor": 20},
+        progress=None,
+        channel="red",
+    )
+    assert written.movie.dims == moved.dims
+    np.testing.assert_allclose(written.movie.values, moved.reg.apply(expected).values, rtol=1e-6)
+    np.testing.assert_array_equal(written.displacement.values, expected.values)
+    with pytest.raises(XregError, match=r"channel='red'"):
+        movie.reg.register(RED)
+
+
+def test_register_on_one_channel_reads_each_chunk_once():
+    frames = two_channel_movie().values
+    counted = ChunkReads(frames, chunk=4)
+    movie = counted.movie.rename(z="channel")  # (time, channel, y, x)
+    with raise_if_dask_computes():
+        fixed, shifts = movie.reg.register(GREEN, channel=1)
+    dask.compute(fixed, shifts)
+    assert sorted(counted.reads) == [0, 4, 8] and set(counted.reads.values()) == {1}
+    np.testing.assert_allclose(shifts.values, TRUTH, atol=0.05)
 
 
 def test_dataset_estimate_on_one_variable_apply_to_all(backend):
@@ -247,3 +292,162 @@ def test_labelled_store_with_mismatched_label_chunks(tmp_path):
     channel = opened.both.reg.apply(shifts)  # the DataArray path, the same store
     io.to_zarr(channel.to_dataset(), tmp_path / "channel.zarr")
     np.testing.assert_array_equal(xr.open_zarr(tmp_path / "channel.zarr").trial, ds.trial)
+
+
+# --------------------------------------------------------------------------- --channel
+
+
+def register_cli(*args) -> int:
+    from xreg.cli import main
+
+    return main([str(a) for a in args] + ["--quiet"])
+
+
+# `xreg register` moves frames by linear interpolation (the library's default order):
+# both channels as smooth as GREEN, so that it stays within the tolerance above.
+STILL = {"red": smooth_image((80, 72), sigma=4, seed=4) * 500, "green": GREEN}
+
+
+def cli_movie() -> xr.DataArray:
+    """The two-channel movie as a microscope saves it (uint16), for the command line."""
+    movie = two_channel_movie(images=(STILL["red"], STILL["green"]))
+    return movie.copy(data=counts(movie))
+
+
+def unmoved_frame(tmp_path, channel: str):
+    """The chosen channel's unmoved image as a reference file: displacements are TRUTH."""
+    path = tmp_path / f"{channel}.npy"
+    np.save(path, STILL[channel])
+    return path
+
+
+def assert_registered_store(output, name: str, channel: str) -> xr.DataArray:
+    """The store `xreg register --channel` wrote: displacements estimated on ``channel``
+    are the truth, and both channels match their unmoved images."""
+    result = xr.open_zarr(output)
+    fixed = result[name]
+    assert fixed.dims == ("time", "channel", "y", "x")
+    np.testing.assert_allclose(result.displacement.values, TRUTH, atol=0.05)
+    assert result.displacement.attrs["channel"] in (channel, ["red", "green"].index(channel))
+    for index, label in enumerate(("red", "green")):
+        frames = fixed.isel(channel=index).astype(np.float64).expand_dims(channel=[label])
+        assert_matches_unmoved(frames, label, STILL[label])
+    return fixed
+
+
+def write_channel_store(path, chunk=4) -> xr.DataArray:
+    """A plain Zarr store: the (time, channel, y, x) movie, channels in separate chunks."""
+    movie = cli_movie().chunk(time=chunk, channel=1)
+    io.to_zarr(movie.to_dataset(), path, mode="w")
+    return movie
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="ome-zarr needs Python 3.11")
+def test_register_cli_on_one_channel_of_an_ome_zarr_store(tmp_path):
+    import warnings
+
+    import zarr
+    from ome_zarr.format import FormatV05
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_image
+
+    source, output = tmp_path / "image.ome.zarr", tmp_path / "registered.zarr"
+    group = zarr.open_group(source, mode="w", zarr_format=3)
+    write_image(
+        cli_movie().values,
+        group,
+        fmt=FormatV05(),
+        axes=["t", "c", "y", "x"],
+        scale={"t": 0.5, "c": 1.0, "y": 0.8, "x": 0.8},
+        axes_units={"t": "second", "y": "micrometer", "x": "micrometer"},
+        scale_factors=[2],
+        omero={"channels": [channel("red", "FF0000"), channel("green", "00FF00")]},
+    )
+    options = ("--channel", "red", "--reference", unmoved_frame(tmp_path, "red"))
+    assert register_cli("register", source, output, *options) == 0
+    fixed = assert_registered_store(output, "image", "red")
+    assert fixed.channel.values.tolist() == ["red", "green"]  # labels kept
+    np.testing.assert_allclose(fixed.y, 0.8 * np.arange(RED.shape[0]))
+    np.testing.assert_allclose(fixed.time, 0.5 * np.arange(len(TRUTH)))
+    assert fixed.x.attrs["units"] == "micrometer"
+
+
+def test_register_cli_on_one_channel_of_imagej_and_ome_tiff(tmp_path):
+    import tifffile
+
+    data = cli_movie().values
+    tifffile.imwrite(
+        tmp_path / "hyperstack.tif", data[:, None], imagej=True, metadata={"axes": "TZCYX"}
+    )
+    tifffile.imwrite(tmp_path / "movie.ome.tif", data, metadata={"axes": "TCYX"})
+    reference = unmoved_frame(tmp_path, "red")
+    for name in ("hyperstack", "movie"):
+        source = next(tmp_path.glob(f"{name}.*tif"))
+        output = tmp_path / f"{name}.zarr"
+        # No channel labels in these files: the channel is chosen by position.
+        options = ("--channel", "0", "--reference", reference, "--chunk-frames", "5")
+        assert register_cli("register", source, output, *options) == 0
+        fixed = assert_registered_store(output, name, "red")
+        assert fixed.dtype == np.uint16 and fixed.chunksizes["time"] == (5, 5, 2)
+
+
+def test_register_and_estimate_cli_on_a_zarr_movie_with_a_channel_dim(tmp_path, capsys):
+    source, output = tmp_path / "session.zarr", tmp_path / "registered.zarr"
+    movie = write_channel_store(source)
+    options = ("--channel", "green", "--reference", unmoved_frame(tmp_path, "green"))
+    assert register_cli("register", source, output, *options) == 0  # the second channel
+    fixed = assert_registered_store(output, "movie", "green")
+    for label in ("time", "channel", "trial"):
+        np.testing.assert_array_equal(fixed[label], movie[label])
+    assert fixed.attrs == movie.attrs and fixed.data.chunks[0] == (4, 4, 4)
+
+    # xreg estimate takes the same --channel; its CSV is written as before.
+    table = tmp_path / "shifts.csv"
+    assert register_cli("estimate", source, table, *options) == 0
+    np.testing.assert_allclose(io.read_displacement(table).values, TRUTH, atol=0.05)
+
+    # The automatic reference is built from the chosen channel's frames: it matches
+    # that channel of the movie registered onto it, and not the other one.
+    auto = tmp_path / "auto.zarr"
+    assert register_cli("register", source, auto, "--channel", "red") == 0
+    result = xr.open_zarr(auto)
+    means = result.movie.astype(np.float64).mean("time").values
+
+    def match(index):
+        inner = (slice(8, -8), slice(8, -8))
+        reference = result.reference.values[inner].ravel()
+        return np.corrcoef(reference, means[index][inner].ravel())[0, 1]
+
+    assert match(0) > 0.99 and abs(match(1)) < 0.5, (match(0), match(1))
+
+
+def test_a_run_resumes_only_on_the_same_channel(tmp_path, capsys):
+    import json
+
+    import zarr
+
+    source = tmp_path / "session.zarr"
+    write_channel_store(source)
+    options = ("--channel", "red", "--reference", unmoved_frame(tmp_path, "red"))
+    complete, killed = tmp_path / "complete.zarr", tmp_path / "killed.zarr"
+    for output in (complete, killed):
+        assert register_cli("register", source, output, *options) == 0
+    record = json.loads((killed / pipeline.RUN_FILE).read_text())
+    assert record["settings"]["channel"] == {"dim": "channel", "position": 0, "label": "red"}
+    # What a run killed after its first chunk leaves: the others neither done nor written.
+    record["stage"] = "writing"
+    (killed / pipeline.RUN_FILE).write_text(json.dumps(record))
+    for chunk in (1, 2):
+        (killed / pipeline.DONE_PREFIX / str(chunk)).unlink()
+    zarr.open_array(killed, path="movie", mode="r+")[4:] = 0
+
+    other = ("--channel", "green", *options[2:])
+    assert register_cli("register", source, killed, *other) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert json.loads((killed / pipeline.RUN_FILE).read_text()) == record  # left as it was
+    same = ("--channel", "0", *options[2:])  # the same channel, by position
+    assert register_cli("register", source, killed, *same) == 0
+    xr.testing.assert_identical(xr.open_zarr(killed).load(), xr.open_zarr(complete).load())
+    assert len(list((killed / pipeline.DONE_PREFIX).iterdir())) == 3

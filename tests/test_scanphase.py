@@ -374,3 +374,34 @@ def test_command_line_scan_phase_is_applied_first_and_recorded(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_info:
         register("word.zarr", "left")
     assert exit_info.value.code == 2
+
+
+def test_command_line_scan_phase_with_channels(tmp_path):
+    """Measured on the channel --channel picks, undone on every channel, then motion."""
+    from xreg import io
+    from xreg.cli import main
+
+    shifts = motion(16, seed=5, size=2.0)
+    channels = [resonant_movie(1.4, shifts, scene=s, photons=300, seed=6 + s) for s in (0, 1)]
+    movie = xr.DataArray(
+        np.stack(channels, axis=1), dims=("time", "channel", "y", "x"), name="movie"
+    ).assign_coords(channel=["red", "green"])
+    source = tmp_path / "in.zarr"
+    io.to_zarr(movie.chunk(time=8).to_dataset(), source, mode="w")
+    unmoved = resonant_movie(0.0, np.zeros((1, 2)), scene=1)[0]
+    np.save(tmp_path / "ref.npy", unmoved)
+    args = ["register", source, tmp_path / "out.zarr", "--reference", tmp_path / "ref.npy"]
+    options = ["--channel", "green", "--scan-phase", "auto", "--quiet"]
+    assert main([str(a) for a in args + options]) == 0
+    result = xr.open_zarr(tmp_path / "out.zarr")
+    green = movie.sel(channel="green")
+    offset = green.reg.scan_phase()
+    assert result["movie"].attrs["xreg_scan_phase"] == float(offset)
+    assert abs(float(offset) - 1.4) < 0.05
+    corrected = movie.reg.correct_scan_phase(offset)
+    expected = corrected.sel(channel="green").reg.estimate(unmoved)
+    np.testing.assert_allclose(result["displacement"].values, expected.values, atol=1e-9)
+    assert np.sqrt(np.mean((expected.values - shifts) ** 2)) < 0.05
+    np.testing.assert_allclose(
+        result["movie"].values, corrected.reg.apply(expected).values, rtol=1e-6, atol=1e-6
+    )

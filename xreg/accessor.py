@@ -286,6 +286,7 @@ class RegAccessor:
         cval: float = 0.0,
         bad_frames: str = "apply",
         dim: Hashable = "time",
+        channel=None,
         **estimate_options,
     ) -> tuple[xr.DataArray, xr.DataArray]:
         """Estimate and apply in one pass: the registered movie and its displacements.
@@ -303,6 +304,11 @@ class RegAccessor:
             (this reads the sampled frames now; the rest stays lazy).
         order, mode, cval, bad_frames, dim
             As in :meth:`apply`.
+        channel : hashable or int, optional
+            For a movie with a ``channel`` dim (or another extra dim): the channel whose
+            frames give the displacements, by label (``"red"``) or by position when the
+            labels are not numbers; every channel is moved by them, in the same task.
+            The ``reference`` is then one of that channel's frames.
         **estimate_options
             Those of :meth:`estimate` (``upsample_factor``, ``method``, ``clip``, ...).
 
@@ -335,6 +341,7 @@ class RegAccessor:
             cval=cval,
             bad_frames=bad_frames,
             dim=dim,
+            channel=channel,
             **estimate_options,
         )
 

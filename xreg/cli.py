@@ -115,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("input", help="Zarr store or TIFF stack with dims (time, [z,] y, x)")
         sub.add_argument("--var", help="variable of the Zarr store (default: its only movie)")
         sub.add_argument(
+            "--channel",
+            metavar="NAME_OR_INDEX",
+            help="for a movie with channels (OME-Zarr, ImageJ or OME-TIFF, a Zarr movie with "
+            "a channel dim): the channel to estimate on, by label (red) or by position "
+            "(0, 1, ...; when the labels are not numbers); register moves every channel",
+        )
+        sub.add_argument(
             "--reference",
             default="auto",
             help="auto (built from the movie, default), mean, first:N, or a file "
@@ -272,19 +279,31 @@ def _estimate_options(args) -> dict:
     return options
 
 
-def _check_options(args, movie) -> None:
-    """Every estimate option against the movie's frames, before any work is done."""
-    frame_shape = tuple(size for dim, size in movie.sizes.items() if dim != "time")
+def _check_options(args, movie):
+    """``--channel`` and every estimate option against the movie's frames, before any
+    work is done; the chosen channel (None for a movie without channels)."""
+    from .pipeline import choose_channel
+
+    channel = choose_channel(movie, args.channel, name="--channel")
+    one = _on_channel(movie, channel)
+    frame_shape = tuple(size for dim, size in one.sizes.items() if dim != "time")
     validate.estimate_options(frame_shape, **_estimate_options(args))
+    return channel
 
 
-def _without_scan_phase(movie, choice, workers):
+def _on_channel(movie, channel):
+    """The frames of the chosen channel (the movie itself without channels)."""
+    return movie if channel is None else movie.isel({channel.dim: channel.position})
+
+
+def _without_scan_phase(movie, choice, workers, channel=None):
     """The movie with its scan phase undone (lazily), as ``--scan-phase`` asks: first,
-    so that motion is estimated and applied on the corrected frames."""
+    so that motion is estimated and applied on the corrected frames.  ``auto``
+    measures it on the chosen channel, the one whose structure registration uses."""
     if choice == "none":
         return movie
     with _scheduler(workers):
-        offset = movie.reg.scan_phase() if choice == "auto" else choice
+        offset = _on_channel(movie, channel).reg.scan_phase() if choice == "auto" else choice
     corrected = movie.reg.correct_scan_phase(offset)
     # The offset used rides along in the registered movie's attrs.
     return corrected.assign_attrs(xreg_scan_phase=float(offset))
@@ -329,8 +348,8 @@ def run_register(args, runner=None) -> int:
     movie = io.open_movie(
         args.input, args.var, chunk_frames=args.chunk_frames, storage_options=options
     )
-    _check_options(args, movie)
-    movie = _without_scan_phase(movie, args.scan_phase, args.workers)
+    channel = _check_options(args, movie)
+    movie = _without_scan_phase(movie, args.scan_phase, args.workers, channel)
     output = args.output
     if io.is_url(output):
         io.check_store(output, options, write=True)  # its bucket, within seconds
@@ -341,8 +360,9 @@ def run_register(args, runner=None) -> int:
         pipeline.run(
             movie,
             output,
+            # Built from (or checked against) the chosen channel's frames.
             reference=lambda: io.open_reference(
-                args.reference, movie, clip=args.clip, storage_options=options
+                args.reference, _on_channel(movie, channel), clip=args.clip, storage_options=options
             ),
             settings=_settings(args),
             estimate_options=_estimate_options(args),
@@ -351,6 +371,7 @@ def run_register(args, runner=None) -> int:
             progress=update,
             storage_options=options,
             runner=runner,
+            channel=None if channel is None else channel.label,
         )
     if not args.quiet:
         print(f"registered {n} frames into {args.output}", file=sys.stderr)
@@ -371,13 +392,15 @@ def run_estimate(args) -> int:
     movie = io.open_movie(
         args.input, args.var, chunk_frames=args.chunk_frames, storage_options=options
     )
-    _check_options(args, movie)
-    movie = _without_scan_phase(movie, args.scan_phase, args.workers)
+    channel = _check_options(args, movie)
+    movie = _without_scan_phase(_on_channel(movie, channel), args.scan_phase, args.workers)
     with _cluster(args):
         reference = io.open_reference(
             args.reference, movie, clip=args.clip, storage_options=options
         )
         shifts = movie.reg.estimate(reference, **_estimate_options(args))
+    if channel is not None:
+        shifts = shifts.assign_attrs(channel.attrs())
     io.write_displacement(shifts, output, overwrite=args.overwrite, storage_options=options)
     if not args.quiet:
         print(f"estimated {movie.sizes['time']} displacements into {output}", file=sys.stderr)

@@ -263,7 +263,10 @@ def open_movie(
     if chunk_frames:
         movie = movie.chunk({"time": int(chunk_frames), **{d: -1 for d in spatial}})
     elif movie.chunks is not None and any(len(movie.chunksizes[d]) > 1 for d in spatial):
-        movie = movie.chunk({d: -1 for d in spatial})
+        # The frames only: `movie.chunk` would chunk the (loaded) labels too, a per-frame
+        # label into one chunk that no longer matches the movie's time chunks.
+        whole = {movie.dims.index(d): -1 for d in spatial}
+        movie = movie.copy(data=movie.data.rechunk(whole))
     _xarray.split_dims(movie)  # 2-D or 3-D frames of numbers (+ channels), or a clear error
     return movie
 

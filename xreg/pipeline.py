@@ -47,6 +47,67 @@ class Pass(NamedTuple):
     interpolation: dict  # order, mode, cval
     dim: Hashable
     min_quality: float
+    # (axis, position): the frames carry a channel dim at this axis of each chunk
+    # (frame dim first); the channel at `position` is estimated on, every one moved.
+    channel: tuple[int, int] | None = None
+
+
+class Channel(NamedTuple):
+    """The channel a run estimates on: the movie's channel dim and a position along it."""
+
+    dim: Hashable
+    position: int
+    label: object  # the coordinate's label (the position without a coordinate)
+
+    def record(self) -> dict:
+        """For the run record (JSON)."""
+        return {"dim": str(self.dim), "position": self.position, "label": self.label}
+
+    def attrs(self) -> dict:
+        """For the displacements' attrs: the label of the channel they were estimated on."""
+        return {"channel": self.label}
+
+
+def choose_channel(
+    da: xr.DataArray,
+    channel=None,
+    *,
+    dim: Hashable = "time",
+    spatial_dims=None,
+    name: str = "channel",
+) -> Channel | None:
+    """The channel ``channel`` names (a label, or a position; :func:`xreg.validate.channel`).
+
+    None for a movie without a channel dim (or other extra dim, ``_xarray.EXTRA_DIMS``)
+    when no channel is asked for.  ``name``: the option, for messages (``--channel``).
+
+    Raises
+    ------
+    XregError
+        If the movie has channels and none is chosen, the channel is not one of the
+        movie's (listing them), the movie has no channel dim, or has several extra dims.
+    """
+    _, extra = _xarray.split_dims(da, dim, spatial_dims)
+    if not extra:
+        if channel is None:
+            return None
+        raise XregError(
+            f"`{name}` {channel!r} was given, but the movie has no channel dim (dims "
+            f"{da.dims}); leave `{name}` out."
+        )
+    if len(extra) > 1:
+        raise XregError(
+            f"The movie has dims {da.dims}: several extra dims {extra} besides {dim!r} and "
+            f"the spatial dims; `{name}` picks along one. Select the others first, e.g. "
+            f"`movie.isel({extra[1]!s}=0)`."
+        )
+    extra_dim = extra[0]
+    if extra_dim in da.coords:
+        labels = da[extra_dim].values.tolist()  # plain Python values (JSON, messages)
+    else:
+        labels = list(range(da.sizes[extra_dim]))
+    position = validate.channel(channel, labels, name=name, dim=str(extra_dim))
+    return Channel(extra_dim, position, labels[position])
 
 
 def prepare(
@@ -57,39 +118,68 @@ def prepare(
     order: int = 1,
     mode: str = "nearest",
     cval: float = 0.0,
+    channel: Channel | None = None,
     **estimate_options,
 ) -> Pass:
     """Check every option and prepare the reference plan (building the reference if None).
 
     ``estimate_options`` are those of :meth:`xreg.accessor.RegAccessor.estimate`
-    (``smooth`` excepted: it needs a second pass).
+    (``smooth`` excepted: it needs a second pass).  With a ``channel`` (from
+    :func:`choose_channel`) the plan and the reference are the channel's, and the
+    chunks' frames are those of ``da`` as it is (frame dim first).
     """
     order, mode = validate.interpolation(order, mode)
     cval = validate.fill_value(cval, da.dtype)
-    estimator = _xarray.prepare_estimate(da, reference, dim=dim, **estimate_options)
+    chosen = da if channel is None else da.isel({channel.dim: channel.position})
+    estimator = _xarray.prepare_estimate(chosen, reference, dim=dim, **estimate_options)
+    if channel is not None:
+        estimator = estimator._replace(attrs={**estimator.attrs, **channel.attrs()})
     interpolation = {"order": order, "mode": mode, "cval": cval}
-    return Pass(estimator, interpolation, dim, estimator.options["min_quality"])
+    axis = None if channel is None else (da.dims.index(channel.dim), channel.position)
+    return Pass(estimator, interpolation, dim, estimator.options["min_quality"], axis)
 
 
-def _register_frames(frames, plan, *, function, kwargs, interpolation, workers):
-    """Estimate and apply on one stack of frames ``(n, *frame)``: (registered, table)."""
-    table = function(frames, plan=plan, workers=workers, **kwargs)
+def _move_back(frames, table, plan, interpolation):
+    """The frames ``(n, *frame)`` moved back by their rows of the estimate table."""
     ndim = frames.ndim - 1
     if isinstance(plan, core.PiecewisePlan):
         n, grid = len(frames), plan.grid
         blocks = table[:, ndim + 1 :].reshape((n,) + grid.grid_shape + (ndim + 1,))
-        fixed = core.warp_frames(frames, blocks[..., :ndim], grid, **interpolation)
-    else:
-        fixed = core.shift_frames(frames, table[:, :ndim], **interpolation)
-    return fixed, table
+        return core.warp_frames(frames, blocks[..., :ndim], grid, **interpolation)
+    return core.shift_frames(frames, table[:, :ndim], **interpolation)
 
 
-def _register_block(frames, plan, *, function, kwargs, interpolation):
+def _register_frames(frames, plan, *, function, kwargs, interpolation, workers, channel=None):
+    """Estimate and apply on one stack of frames ``(n, *frame)``: (registered, table).
+
+    ``channel`` (axis, position): the frames are ``(n, ..., channel, ..., *frame)``;
+    the displacements are estimated on that channel's frames and move every channel.
+    """
+    if channel is None:
+        table = function(frames, plan=plan, workers=workers, **kwargs)
+        return _move_back(frames, table, plan, interpolation), table
+    axis, position = channel
+    stacked = np.moveaxis(frames, axis, 1)  # (n, channels, *frame)
+    table = function(stacked[:, position], plan=plan, workers=workers, **kwargs)
+    n, channels = stacked.shape[:2]
+    flat = stacked.reshape((n * channels,) + stacked.shape[2:])
+    # Each frame's row once per channel, in the order the channels are stacked.
+    fixed = _move_back(flat, np.repeat(table, channels, axis=0), plan, interpolation)
+    return np.moveaxis(fixed.reshape(stacked.shape), 1, axis), table
+
+
+def _register_block(frames, plan, *, function, kwargs, interpolation, channel=None):
     """One chunk's task: a one-item object array holding (registered frames, table)."""
     pair = np.empty(1, dtype=object)
     # Dask runs chunks in parallel: one thread each, as `estimate` does.
     pair[0] = _register_frames(
-        frames, plan, function=function, kwargs=kwargs, interpolation=interpolation, workers=1
+        frames,
+        plan,
+        function=function,
+        kwargs=kwargs,
+        interpolation=interpolation,
+        workers=1,
+        channel=channel,
     )
     return pair
 
@@ -116,6 +206,7 @@ def lazy_pairs(data: dsa.Array, step: Pass) -> dsa.Array:
         function=est.function,
         kwargs=est.kwargs,
         interpolation=step.interpolation,
+        channel=step.channel,
         dtype=object,
         drop_axis=list(range(1, data.ndim)),
         chunks=((1,) * len(data.chunks[0]),),
@@ -195,6 +286,13 @@ def displacements(table: np.ndarray, da: xr.DataArray, step: Pass) -> xr.DataArr
     return _xarray.with_pixel_size(shifts, da.coords, est.spatial)
 
 
+def _whole_channels(da: xr.DataArray, channel: Channel | None) -> xr.DataArray:
+    """``da`` with its channels in one chunk: a task reads every channel of its frames."""
+    if channel is None or da.chunks is None or len(da.chunksizes[channel.dim]) == 1:
+        return da
+    return da.chunk({channel.dim: -1})
+
+
 def _registered_like(da: xr.DataArray, frames, dims) -> xr.DataArray:
     """The registered frames (dims ``dims``) labelled as the movie: dims, coords, attrs."""
     out = xr.DataArray(frames, dims=dims, coords=da.coords, attrs=da.attrs, name=da.name)
@@ -212,21 +310,42 @@ def register(
     mode: str = "nearest",
     cval: float = 0.0,
     bad_frames: str = "apply",
+    channel=None,
     **estimate_options,
 ) -> tuple[xr.DataArray, xr.DataArray]:
-    """See :meth:`xreg.accessor.RegAccessor.register`."""
+    """See :meth:`xreg.accessor.RegAccessor.register`.
+
+    ``channel``: a movie with a channel dim is estimated on this channel (a label or
+    a position, :func:`choose_channel`), and every channel is moved, in the same task.
+    """
     da = _xarray.labels_chunked_like_movie(da, dim)
     bad_frames = validate.choice(bad_frames, "bad_frames", _xarray.BAD_FRAME_CHOICES)
+    spatial_dims = estimate_options.get("spatial_dims")
+    chosen = choose_channel(da, channel, dim=dim, spatial_dims=spatial_dims)
     if estimate_options.get("smooth") or bad_frames != "apply":
         # Each frame's displacement then depends on its neighbours': two passes.
-        shifts = _xarray.estimate(da, reference, dim=dim, **estimate_options)
+        one = da if chosen is None else da.isel({chosen.dim: chosen.position})
+        shifts = _xarray.estimate(one, reference, dim=dim, **estimate_options)
+        if chosen is not None:
+            shifts = shifts.assign_attrs(chosen.attrs())
         fixed = _xarray.apply(
             da, shifts, order=order, mode=mode, cval=cval, bad_frames=bad_frames, dim=dim
         )
         return fixed, shifts
-    step = prepare(da, reference, dim=dim, order=order, mode=mode, cval=cval, **estimate_options)
-    est, dims = step.estimator, (dim, *step.estimator.spatial)
-    frames = da.transpose(*dims)
+    channels = () if chosen is None else (chosen.dim,)
+    ordered = _whole_channels(da.transpose(dim, *channels, ...), chosen)
+    step = prepare(
+        ordered,
+        reference,
+        dim=dim,
+        order=order,
+        mode=mode,
+        cval=cval,
+        channel=chosen,
+        **estimate_options,
+    )
+    est, dims = step.estimator, (dim, *channels, *step.estimator.spatial)
+    frames = ordered.transpose(*dims)
     if da.chunks is None:
         fixed, table = _register_frames(
             frames.values,
@@ -235,6 +354,7 @@ def register(
             kwargs=est.kwargs,
             interpolation=step.interpolation,
             workers=None,
+            channel=step.channel,
         )
         return _registered_like(da, fixed, dims), displacements(table, da, step)
     data = frames.data
@@ -367,6 +487,7 @@ def run(
     progress: Callable[[int], None] | None = None,
     storage_options: dict | None = None,
     runner: Callable | None = None,
+    channel=None,
 ) -> xr.Dataset:
     """Register ``movie`` into a new Zarr store in one pass, resumably.
 
@@ -380,11 +501,11 @@ def run(
         already done; a store this function did not start is never touched unless
         ``overwrite``.
     reference : callable
-        Returns the reference; called once, when the run starts (a resumed run
-        reads it back from the store).
+        Returns the reference (of the ``channel``'s frames, if one is chosen); called
+        once, when the run starts (a resumed run reads it back from the store).
     settings : dict
         JSON-serialisable description of the run (input, options); a resumed run
-        must match it.
+        must match it (and the channel, which the run adds to it).
     estimate_options : dict, optional
         Keyword arguments of :meth:`xreg.accessor.RegAccessor.estimate`.
     overwrite : bool, default False
@@ -402,6 +523,10 @@ def run(
         registering and writing its chunk and giving its frame count; ``report`` as
         ``progress``.  Default: Dask (a ``distributed`` cluster if a client is current).
         :func:`xreg.spark.chunk_runner` runs the blocks as Spark tasks.
+    channel : str or int, optional
+        For a movie with a channel dim: the channel (a label, or a position; see
+        :func:`choose_channel`) whose frames give the displacements; every channel is
+        moved by them, in the task that estimated them, and written.
 
     Returns
     -------
@@ -423,11 +548,15 @@ def run(
 
     compression = validate.choice(compression, "compression", COMPRESSIONS)
     report = progress or (lambda frames: None)
+    spatial_dims = (estimate_options or {}).get("spatial_dims")
+    chosen = choose_channel(movie, channel, spatial_dims=spatial_dims)
+    if chosen is not None:  # a run resumes only on the same channel
+        settings = {**settings, "channel": chosen.record()}
     store = RunStore(output, storage_options)
     state = _claim(store, settings, overwrite)
     if "time" not in movie.dims[:1]:
         movie = movie.transpose("time", ...)
-    movie = _xarray.labels_chunked_like_movie(movie, "time")
+    movie = _whole_channels(_xarray.labels_chunked_like_movie(movie, "time"), chosen)
     name = movie.name if movie.name is not None else "movie"
     sizes = movie.chunksizes["time"]
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -449,7 +578,7 @@ def run(
         stored = xr.open_zarr(output, **zarr_options)["reference"].load()
     # The reference as stored: exact (float64), attrs included, so a resumed run
     # prepares the same plan.
-    step = prepare(movie, stored, **(estimate_options or {}))
+    step = prepare(movie, stored, channel=chosen, **(estimate_options or {}))
     done = store.done()
     report(int(sum(sizes[i] for i in done)))
     todo = [i for i in range(len(sizes)) if i not in done]

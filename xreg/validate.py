@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 import numpy as np
 
@@ -30,6 +31,7 @@ __all__ = [
     "METHODS",
     "MIN_FRAME_SIZE",
     "block_layout",
+    "channel",
     "check_max_shift",
     "check_upsample_factor",
     "choice",
@@ -169,6 +171,64 @@ def choice(value, name: str, choices):
     if not (isinstance(value, str) and value in choices):
         raise XregError(f"`{name}` must be one of {', '.join(map(str, choices))}; got {value!r}.")
     return value
+
+
+def channel(value, labels, name: str = "channel", dim: str = "channel") -> int:
+    """The position of the channel ``value`` names among ``labels``.
+
+    ``value`` is a label, compared as given, as text and as a number (so that the text
+    ``"561"`` from a command line names the label ``561``), or a position ``0..n-1``
+    when the labels are not numbers (text labels; a dim without a coordinate passes
+    its positions as labels): a number never means a position where it could mean a
+    label.
+
+    Parameters
+    ----------
+    value : str, int or None
+        The channel asked for; None raises (a movie with channels needs one).
+    labels : sequence
+        The labels of the channel dim, in order (plain Python values).
+    name : str
+        The option's name, for the message (``--channel`` on the command line).
+    dim : str
+        The channel dim's name, for the message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    XregError
+        If ``value`` is None, names no channel or more than one, listing the channels.
+    """
+    labels = list(labels)
+    if not labels:
+        raise XregError(f"The movie's {dim!r} dim is empty: there is no {dim} to estimate on.")
+    available = f"its {dim}s are {labels}"
+    numeric = all(_is_real(label) for label in labels)
+    if not numeric:
+        available += f", or positions 0..{len(labels) - 1}"
+    if value is None:
+        example = f"{name} {labels[0]}" if name.startswith("-") else f"{name}={labels[0]!r}"
+        raise XregError(
+            f"The movie has {len(labels)} {dim}s ({available}): estimate on one with "
+            f"`{name}`, e.g. `{example}`; its displacements move every {dim}."
+        )
+    text = str(value).strip()
+    found = [i for i, label in enumerate(labels) if label == value or str(label) == text]
+    if not found and numeric:
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+        found = [i for i, label in enumerate(labels) if label == number]
+    if not found and not numeric and re.fullmatch(r"\d+", text):
+        found = [int(text)] if int(text) < len(labels) else []
+    if len(found) != 1:
+        why = "names several" if found else "is not one of the movie's"
+        raise XregError(f"`{name}` {value!r} {why} {dim}s; {available}.")
+    return found[0]
 
 
 def dim_names(value, name: str, dims, *, exclude=()) -> tuple:

@@ -403,6 +403,8 @@ def test_register_and_estimate_cli_on_a_zarr_movie_with_a_channel_dim(tmp_path, 
         np.testing.assert_array_equal(fixed[label], movie[label])
     assert fixed.attrs == movie.attrs and fixed.data.chunks[0] == (4, 4, 4)
 
+    # Channels stay in their stored chunks when read (estimate reads only its channel's).
+    assert io.open_movie(source).data.chunks[1] == (1, 1)
     # xreg estimate takes the same --channel; its CSV is written as before.
     table = tmp_path / "shifts.csv"
     assert register_cli("estimate", source, table, *options) == 0

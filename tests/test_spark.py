@@ -262,3 +262,24 @@ def test_the_one_pass_from_zarr_to_zarr_on_spark_matches_dask(spark_context, tmp
     on_spark = xr.open_zarr(tmp_path / "spark.zarr")
     xr.testing.assert_identical(xr.open_zarr(tmp_path / "dask.zarr"), on_spark)
     assert np.abs(on_spark["displacement"].values - truth.values).max() < 0.5
+
+
+def test_the_one_pass_on_one_channel_on_spark_matches_dask(spark_context, tmp_path):
+    from xreg.cli import main
+
+    other = IMAGE[::-1] * 0.5  # the second channel: other content, the same motion
+    frames = np.stack([fourier_moved(IMAGE, TRUTH), fourier_moved(other, TRUTH)], axis=1)
+    da = xr.DataArray(frames.astype(np.float32), dims=("time", "channel", "y", "x"))
+    source = tmp_path / "in.zarr"
+    channels = da.assign_coords(channel=["red", "green"]).chunk(time=6, channel=1)
+    io.to_zarr(channels.to_dataset(name="movie"), source, mode="w")
+    np.save(tmp_path / "ref.npy", other)
+    command = ["register", str(source), "--channel", "green", "--quiet"]
+    command += ["--reference", str(tmp_path / "ref.npy")]
+    assert main([*command, str(tmp_path / "dask.zarr")]) == 0
+    runner = xspark.chunk_runner(spark_context)
+    assert main([*command, str(tmp_path / "spark.zarr")], runner=runner) == 0
+    on_spark = xr.open_zarr(tmp_path / "spark.zarr")
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "dask.zarr"), on_spark)
+    np.testing.assert_allclose(on_spark["displacement"].values, TRUTH, atol=0.05)
+    assert on_spark["movie"].dims == ("time", "channel", "y", "x")

@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sub):
-        sub.add_argument("input", help="Zarr store or TIFF stack with dims (time, [z,] y, x)")
+        sub.add_argument(
+            "input", help="Zarr store, OME-Zarr or TIFF stack: dims (time, [channel,] [z,] y, x)"
+        )
         sub.add_argument("--var", help="variable of the Zarr store (default: its only movie)")
         sub.add_argument(
             "--channel",

@@ -259,7 +259,9 @@ def open_movie(
             f"{path}: the movie has dims {movie.dims}; its frame dim must be called 'time'. "
             "Rename it in the store, or register from Python with `dim=...`."
         )
-    spatial = [d for d in movie.dims if d != "time"]
+    # Frames whole in space; a channel dim keeps its stored chunks, so that estimating on
+    # one channel reads only that channel (`register` gives each task every channel).
+    spatial = [d for d in movie.dims if d != "time" and d not in _xarray.EXTRA_DIMS]
     if chunk_frames:
         movie = movie.chunk({"time": int(chunk_frames), **{d: -1 for d in spatial}})
     elif movie.chunks is not None and any(len(movie.chunksizes[d]) > 1 for d in spatial):

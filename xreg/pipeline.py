@@ -288,9 +288,13 @@ def displacements(table: np.ndarray, da: xr.DataArray, step: Pass) -> xr.DataArr
 
 def _whole_channels(da: xr.DataArray, channel: Channel | None) -> xr.DataArray:
     """``da`` with its channels in one chunk: a task reads every channel of its frames."""
-    if channel is None or da.chunks is None or len(da.chunksizes[channel.dim]) == 1:
+    if channel is None or da.chunks is None:
         return da
-    return da.chunk({channel.dim: -1})
+    axis = da.dims.index(channel.dim)
+    if len(da.chunks[axis]) == 1:
+        return da
+    # The data only: `da.chunk` would also chunk numpy labels, unlike the movie's time.
+    return da.copy(data=da.data.rechunk({axis: -1}))
 
 
 def _registered_like(da: xr.DataArray, frames, dims) -> xr.DataArray:

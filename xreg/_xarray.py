@@ -697,8 +697,10 @@ def build_reference(
     n_frames, iterations, upsample_factor, max_shift, clip = (
         options[k] for k in ("n_frames", "iterations", "upsample_factor", "max_shift", "clip")
     )
-    index = core.sample_indices(da.sizes[dim], n_frames)
-    # Only the sampled frames are read (for Dask, only the chunks that hold them).
+    # Only the sampled frames are read (for Dask, only the chunks that hold them: a few,
+    # spread over the movie).
+    chunks = da.chunksizes.get(dim) if da.chunks is not None else None
+    index = core.sample_indices(da.sizes[dim], n_frames, chunks)
     sample = np.asarray(da.isel({dim: index}).transpose(dim, *spatial).values)
     image, _ = core.build_reference(
         sample,

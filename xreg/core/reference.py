@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .correlation import clip_bounds, estimate_shifts, prepare_reference
+from .correlation import (
+    _one_blas_thread,
+    clip_bounds,
+    default_max_shift,
+    estimate_shifts,
+    map_threads,
+    prepare_reference,
+)
 from .series import flag_bad_frames
 from .shift import shift_frames
 
@@ -23,9 +30,10 @@ __all__ = ["build_reference", "sample_indices"]
 
 _SEED_GROUP = 20  # frames averaged for the seed, as in suite2p
 _SEED_PIXELS = 128 * 128  # frames are binned down to about this size for the seed
+_COARSE_PIXELS = 128 * 128  # ... and for the register-and-average rounds
 
 
-def sample_indices(n_total: int, n_frames: int) -> np.ndarray:
+def sample_indices(n_total: int, n_frames: int, chunks=None) -> np.ndarray:
     """``n_frames`` frame indices spread evenly over ``n_total`` (all if fewer).
 
     Parameters
@@ -34,6 +42,11 @@ def sample_indices(n_total: int, n_frames: int) -> np.ndarray:
         Frames in the movie.
     n_frames : int
         Frames wanted.
+    chunks : sequence of int, optional
+        The frames per chunk of a movie read chunk by chunk (a chunk is read whole).
+        The sample is then taken from chunks spread evenly over the movie, as few as
+        hold about twice the sample, frames spread evenly within them: the sample's
+        read costs about twice the sample, not the whole movie.
 
     Returns
     -------
@@ -42,21 +55,59 @@ def sample_indices(n_total: int, n_frames: int) -> np.ndarray:
     """
     if n_frames >= n_total:
         return np.arange(n_total)
-    return np.unique(np.linspace(0, n_total - 1, n_frames).round().astype(np.int64))
+    even = np.unique(np.linspace(0, n_total - 1, n_frames).round().astype(np.int64))
+    if chunks is None:
+        return even
+    sizes = np.asarray(chunks, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    # At least the first and the last chunk, so that the sample spans the movie.
+    wanted = max(2, -(-2 * n_frames // max(int(np.median(sizes)), 1)))
+    chosen = np.unique(np.linspace(0, len(sizes) - 1, wanted).round().astype(np.int64))
+    touched = np.unique(np.searchsorted(starts, even, side="right") - 1)
+    if sizes[chosen].sum() >= sizes[touched].sum():
+        return even  # the chunks the even sample touches cost no more
+    frames = np.concatenate([np.arange(starts[c], starts[c + 1]) for c in chosen])
+    return frames[sample_indices(len(frames), n_frames)]
 
 
-def _binned(frames: np.ndarray) -> np.ndarray:
-    """Frames block-averaged until they have about _SEED_PIXELS pixels, flattened."""
+def _factor(shape, pixels: int) -> int:
+    """The power of two that bins a frame of ``shape`` down to at most ``pixels`` pixels."""
     factor = 1
-    while np.prod(frames.shape[1:]) / factor ** (frames.ndim - 1) > _SEED_PIXELS:
+    while np.prod(shape) / factor ** len(shape) > pixels and min(shape) >= 4 * factor:
         factor *= 2
-    if factor > 1:
-        cropped = frames[(slice(None),) + tuple(slice(0, s - s % factor) for s in frames.shape[1:])]
-        shape = [len(frames)]
-        for s in cropped.shape[1:]:
-            shape += [s // factor, factor]
-        frames = cropped.reshape(shape).mean(axis=tuple(range(2, len(shape), 2)))
-    return frames.reshape(len(frames), -1)
+    return factor
+
+
+def _bin(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Frames block-averaged by ``factor`` along every frame axis (float32; edges cropped).
+
+    A displacement of ``s`` binned pixels is one of ``factor * s`` pixels of the frame.
+    Strided sums, one axis at a time: numpy reduces a short inner axis slowly.
+    """
+    binned = frames.astype(np.float32, copy=False)
+    if factor == 1:
+        return binned
+    for axis in range(1, frames.ndim):
+        size = binned.shape[axis] // factor
+        lead = (slice(None),) * axis
+        total = binned[lead + (slice(0, size * factor, factor),)].astype(np.float32)  # a copy
+        for k in range(1, factor):
+            total += binned[lead + (slice(k, size * factor, factor),)]
+        binned = total
+    return binned / np.float32(factor ** (frames.ndim - 1))
+
+
+def _seed_members(binned: np.ndarray) -> np.ndarray:
+    """Indices of the group of frames that correlate best with one another (suite2p)."""
+    flat = binned.reshape(len(binned), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+    with _one_blas_thread():  # starting BLAS's threads costs more than this product
+        similarity = flat @ flat.T
+    group = min(_SEED_GROUP, len(binned))
+    top = np.sort(similarity, axis=1)[:, -group:]
+    centre = int(np.argmax(top.sum(axis=1)))
+    return np.argsort(similarity[centre])[-group:]
 
 
 def seed_reference(frames: np.ndarray) -> np.ndarray:
@@ -72,40 +123,53 @@ def seed_reference(frames: np.ndarray) -> np.ndarray:
     numpy.ndarray
         float64 frame.
     """
-    flat = _binned(frames.astype(np.float32, copy=False))
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    flat /= np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-    similarity = flat @ flat.T
-    group = min(_SEED_GROUP, len(frames))
-    top = np.sort(similarity, axis=1)[:, -group:]
-    centre = int(np.argmax(top.sum(axis=1)))
-    members = np.argsort(similarity[centre])[-group:]
+    members = _seed_members(_bin(frames, _factor(frames.shape[1:], _SEED_PIXELS)))
     return frames[members].astype(np.float64).mean(axis=0)
 
 
-def _inside(shape, shift):
-    """Pixels of a frame moved by ``-shift`` whose value came from inside the frame."""
-    inside = np.ones(shape, bool)
-    for axis, (size, amount) in enumerate(zip(shape, shift, strict=True)):
-        source = np.arange(size) + amount
-        along = (source >= 0) & (source <= size - 1)
-        inside &= along.reshape((-1,) + (1,) * (len(shape) - axis - 1))
-    return inside
+def _along(size: int, amounts: np.ndarray) -> np.ndarray:
+    """Per frame, the pixels along one axis whose value, moved by ``-amount``, came
+    from inside the frame: ``(n, size)`` bool."""
+    source = np.arange(size) + amounts[:, None]
+    return (source >= 0) & (source <= size - 1)
 
 
-def _average_registered(frames, shifts):
-    """Mean of the frames moved by ``shifts``, counting only pixels that stayed inside.
+_AVERAGE_BATCH = 16  # frames moved at a time: a few MB, and the same sums on any machine
+
+
+def _average_registered(frames, shifts, index=None, workers=None):
+    """Mean of ``frames[index]`` moved by ``shifts``, counting only pixels that stayed inside.
 
     Linear interpolation: fast, and its slight smoothing averages out over frames
-    with different fractional shifts.  One frame at a time, to keep memory flat.
+    with different fractional shifts.  A few frames at a time, on ``workers`` threads,
+    to keep memory flat; the batches' sums are added in order, so the result does not
+    depend on the threads.
     """
-    total = np.zeros(frames.shape[1:])
-    count = np.zeros(frames.shape[1:])
-    for frame, shift in zip(frames, shifts, strict=True):
-        moved = shift_frames(frame[None].astype(np.float32, copy=False), shift[None], order=1)[0]
-        valid = _inside(frame.shape, shift) & np.isfinite(moved)
-        total += np.where(valid, moved, 0)
-        count += valid
+    index = np.arange(len(frames)) if index is None else np.asarray(index)
+    shape = frames.shape[1:]
+    batches = [slice(i, i + _AVERAGE_BATCH) for i in range(0, len(index), _AVERAGE_BATCH)]
+    sums = [None] * len(batches)
+
+    def add(number):
+        batch = batches[number]
+        chunk = frames[index[batch]].astype(np.float32, copy=False)
+        moved = shift_frames(chunk, shifts[batch], order=1)
+        # Inside the frame along every axis (a separable mask), and finite.
+        valid = np.ones(moved.shape, bool)
+        for axis, size in enumerate(shape):
+            along = _along(size, shifts[batch, axis])
+            valid &= along.reshape(
+                along.shape[:1] + (1,) * axis + (size,) + (1,) * (len(shape) - axis - 1)
+            )
+        valid &= np.isfinite(moved)
+        moved[~valid] = 0
+        sums[number] = (moved.sum(axis=0, dtype=np.float64), valid.sum(axis=0))
+
+    map_threads(add, range(len(batches)), workers)
+    total, count = np.zeros(shape), np.zeros(shape)
+    for batch_total, batch_count in sums:
+        total += batch_total
+        count += batch_count
     mean = total / np.maximum(count, 1)
     # Pixels no frame covered: the mean of the rest (they carry no weight anyway).
     return np.where(count > 0, mean, mean[count > 0].mean())
@@ -153,28 +217,46 @@ def build_reference(
         to the returned reference (None if ``return_shifts=False``).
     """
     frames = np.asarray(frames)
-    if np.isfinite(frames).all():
-        reference = seed_reference(frames)
-    else:
-        reference = seed_reference(np.where(np.isfinite(frames), frames, np.nanmean(frames)))
     n = len(frames)
-    for round_ in range(iterations + 1):
-        if round_ == iterations and not return_shifts:
-            return reference, None
+    # The rounds only choose frames and align them for the next average: they run on
+    # frames binned down to about _COARSE_PIXELS (a displacement of s binned pixels is
+    # one of factor * s pixels); the final average is taken of the full frames.
+    factor = _factor(frames.shape[1:], _COARSE_PIXELS)
+    coarse = _bin(frames, factor) if factor > 1 else frames
+    finite = np.isfinite(coarse).all()
+    filled = coarse if finite else np.where(np.isfinite(coarse), coarse, np.nanmean(coarse))
+    seed = _seed_members(_bin(filled, _factor(coarse.shape[1:], _SEED_PIXELS)))
+    reference = filled[seed].astype(np.float64).mean(axis=0)
+    search = max_shift
+    if factor > 1:
+        full = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
+        full = np.broadcast_to(np.asarray(full), (frames.ndim - 1,))
+        search = tuple(-(-int(m) // factor) for m in full)
+    for round_ in range(iterations):
         bounds = clip_bounds(reference, clip_percentiles)
-        plan = prepare_reference(reference, max_shift=max_shift, clip=bounds)
-        result = estimate_shifts(frames, plan, upsample_factor=upsample_factor, workers=workers)
+        plan = prepare_reference(reference, max_shift=search, clip=bounds)
+        result = estimate_shifts(coarse, plan, upsample_factor=upsample_factor, workers=workers)
         shifts, quality = result[:, :-1], result[:, -1]
-        if round_ == iterations:
-            break
         if round_ < iterations - 1:
             # Average the best-matching frames, more of them each round (suite2p).
             keep = max(2, int(n * (1 + round_) / (2 * iterations)))
-            chosen, centre = np.argsort(quality)[-keep:], 0.0
+            chosen = np.argsort(quality)[-keep:]
+            reference = _average_registered(coarse, shifts[chosen], chosen, workers)
         else:
             # Last round: every trustworthy frame, so that no one state of the tissue
-            # (say, of its activity) dominates; at the sample's median position.
+            # (say, of its activity) dominates; at the sample's median position; of
+            # the full frames.
             chosen = np.flatnonzero(~flag_bad_frames(quality))
             centre = np.median(shifts[chosen], axis=0)
-        reference = _average_registered(frames[chosen], shifts[chosen] - centre)
+            reference = _average_registered(
+                frames, factor * (shifts[chosen] - centre), chosen, workers
+            )
+    if iterations == 0:  # the seed itself, of the full frames
+        full = frames if finite else np.where(np.isfinite(frames), frames, np.nanmean(frames))
+        reference = full[seed].astype(np.float64).mean(axis=0)
+    if not return_shifts:
+        return reference, None
+    bounds = clip_bounds(reference, clip_percentiles)
+    plan = prepare_reference(reference, max_shift=max_shift, clip=bounds)
+    result = estimate_shifts(frames, plan, upsample_factor=upsample_factor, workers=workers)
     return reference, result

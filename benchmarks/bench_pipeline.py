@@ -1,6 +1,7 @@
 """Out of core: `xreg register` against the in-memory API path and the I/O floor.
 
     python benchmarks/bench_pipeline.py [--frames 600] [--rounds 2] [--memory-frames 4000]
+                                        [--folder DIR]  (keeps the input store there for reruns)
 
 A 512 x 512 float32 movie with known drift (uncompressed Zarr, 100-frame chunks) is
 registered, in turns within one run (so that a slow spell of the shared machine hits
@@ -121,12 +122,15 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     source, output = folder / "movie.zarr", folder / "out.zarr"
     try:
-        shutil.rmtree(source, ignore_errors=True)
-        # In a child process, so this one stays small.
-        subprocess.run(
-            [sys.executable, __file__, "--generate", str(source), "--frames", str(args.frames)],
-            check=True,
-        )
+        truth_file = source / "truth.npy"
+        if not (truth_file.exists() and len(np.load(truth_file)) == args.frames):
+            shutil.rmtree(source, ignore_errors=True)  # (a --folder's store is kept)
+            # In a child process, so this one stays small.
+            subprocess.run(
+                [sys.executable, __file__, "--generate", str(source)]
+                + ["--frames", str(args.frames)],
+                check=True,
+            )
         times = {name: [] for name in PATHS}
         for round_ in range(args.rounds):
             for name, path in PATHS.items():

@@ -190,8 +190,11 @@ def _done(output: Path) -> set:
     return set(p.name for p in folder.iterdir()) if folder.exists() else set()
 
 
-def test_killed_runs_resume_to_identical_output(tmp_path):
-    source = tmp_path / "in.zarr"
+@pytest.fixture(scope="module")
+def killable(tmp_path_factory):
+    """A 400-frame store in 10-frame chunks, the command on it, and an uninterrupted run."""
+    folder = tmp_path_factory.mktemp("killable")
+    source = folder / "in.zarr"
     make_store(source, n_frames=400, chunk=10, shape=(96, 96))
 
     def command(output, *extra):
@@ -207,8 +210,13 @@ def test_killed_runs_resume_to_identical_output(tmp_path):
             *extra,
         ]
 
-    clean = tmp_path / "clean.zarr"
+    clean = folder / "clean.zarr"
     subprocess.run(command(clean, "--quiet"), check=True)
+    return command, clean
+
+
+def test_killed_runs_resume_to_identical_output(tmp_path, killable):
+    command, clean = killable
 
     # Killed in the middle of the pass: chunks being read, estimated, moved and written.
     killed = tmp_path / "killed.zarr"
@@ -251,3 +259,26 @@ def test_compression_option(tmp_path):
             codecs[kind, option] = str(zarr.open_array(output, path="movie").compressors)
     assert "zstd" in codecs["int", "auto"] and codecs["float", "auto"] == "()"
     assert "lz4" in codecs["int", "lz4"] and "lz4" in codecs["float", "lz4"]
+
+
+def _data_chunks(store: Path, var: str = "movie") -> list:
+    """The chunk objects of ``var``'s data written so far (not its metadata)."""
+    folder = store / var / "c"
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def test_killed_while_writing_chunks_resumes_to_identical_output(tmp_path, killable):
+    """SIGKILL the moment the registered movie's first chunk objects appear in the store."""
+    command, clean = killable
+    killed = tmp_path / "killed.zarr"
+    process = subprocess.Popen(command(killed, "--quiet"))
+    _kill_when(process, lambda: len(_data_chunks(killed)) > 0)
+    # It did land while the frames were being written: some chunk objects, not all
+    # chunks recorded done, the run not complete.
+    written, done = _data_chunks(killed), _done(killed)
+    assert 1 <= len(written) and len(done) < 40
+    assert json.loads((killed / pipeline.RUN_FILE).read_text())["stage"] == "writing"
+    resumed = subprocess.run(command(killed), capture_output=True, text=True, check=True)
+    assert _bar_counts(resumed.stderr)[0] == (10 * len(done), 400)
+    xr.testing.assert_identical(xr.open_zarr(clean), xr.open_zarr(killed))
+    assert _chunk_files(clean, "movie") == _chunk_files(killed, "movie")

@@ -1,32 +1,42 @@
-"""Scaling out: the measurements behind docs/SCALING.md, taking turns in one run.
+"""Scaling out: the measurements behind docs/SCALING.md and the check of its model, in one run.
 
-    python benchmarks/bench_scale.py [--frames 256] [--rounds 2] [--chunks 8000]
+    python benchmarks/bench_scale.py [--frames 256] [--rounds 3] [--chunks 8000]
                                      [--check 2000] [--json scale.json]
 
-1. Per frame, in one process on one thread, for 512 x 512 uint16 and float32 frames,
-   rigid and piecewise (the four take turns): CPU seconds of the one-pass work
-   (estimate + apply), the bytes read and written (raw, and as stored), and the peak
-   memory a chunk of 32 frames needs (tracemalloc, numpy's buffers included).
-2. Throughput of ``xreg.pipeline.run`` (what ``xreg register`` runs) on a 512 x 512
-   uint16 movie: 1 against 2 worker processes (``distributed.LocalCluster``), local
-   disk against an S3 object store (moto's server, in its own process), the four
-   taking turns; worker CPU seconds per frame and each worker's share of a core.
-3. The scheduler's overhead per task: the same run on a tiny-frame movie cut into
-   ``--chunks`` one-frame chunks (tens of thousands of tasks, as a terabyte makes)
-   against the same frames in 8 chunks, on the 2-process cluster.
-4. Spark's overhead per task (local[2]), for the model's Spark column.
-5. The model (docs/SCALING.md) predicts the wall time of a ``--check``-frame run
-   (1/1000 of 2 million frames) on 2 worker processes from 1-4; then that run is
-   made and the two compared.
+1. Per frame, in this process on one thread, in memory, for 512 x 512 uint16 and
+   float32 frames, rigid and piecewise (the four take turns): CPU seconds of the
+   one-pass work (estimate + apply).
+2. Per case, in a fresh process each (memory does not depend on the load): the peak
+   resident memory of ``xreg.pipeline.run`` on one thread over 64 frames (two 32-frame
+   chunks), the process's memory before the run, and the bytes per frame read and
+   written as stored.
+3. Spark's seconds per task (``local[2]``, empty tasks), for the model's Spark column.
+4. ``--rounds`` rounds; in each, these take turns (so that the machine's load falls on
+   all of them alike):
 
-The machine may be shared with other jobs: everything that is compared is measured
-in the same run, in turns; the worker's share of a core is measured, not assumed.
+   a. throughput of ``xreg.pipeline.run`` (what ``xreg register`` runs) on a
+      ``--frames`` 512 x 512 uint16 movie in 32-frame chunks: local disk and an S3 object
+      store (moto's server, in its own process), 1 and 2 worker processes
+      (``distributed.LocalCluster``), and twice the frames on 2 workers (weak scaling);
+   b. the per-task overhead: a 32 x 32 movie of ``--chunks`` frames in one-frame
+      chunks (tens of thousands of tasks, as a terabyte makes) against the same
+      frames in 8 chunks, on 2 workers;
+   c. the model's check: a ``--check``-frame run (1/1000 of 2 million frames) on 2
+      workers from local disk, which the model predicts from the same round's (a) and (b).
+
+5. The model for 1 TB (docs/SCALING.md), from the figures above.
+
+The machine may be shared with other jobs: everything compared is measured in one run,
+in turns, and each round's prediction uses that round's calibration.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
+import math
 import os
 import shutil
 import socket
@@ -34,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -45,64 +54,139 @@ from xreg import io, pipeline
 
 SHAPE = (512, 512)
 CHUNK = 32  # frames per chunk in the throughput runs (16 MiB of uint16)
+CASES = [(d, m) for d in ("uint16", "float32") for m in ("rigid", "piecewise")]
+PIECEWISE = {"method": "piecewise", "block_size": 128}
 
 
 # ----------------------------------------------------------------------------- movies
 
 
-def movie(n_frames: int, dtype="uint16", shape=SHAPE, chunks=CHUNK, seed=0) -> xr.DataArray:
-    """A drifting two-photon-like movie, Dask-backed, rendered on demand."""
-    still = xreg.datasets.large(n_frames=n_frames, shape=shape, seed=seed, chunks=chunks)
+BASE_FRAMES = 64  # distinct frames rendered; longer movies repeat them
+
+
+def render(n_frames: int = BASE_FRAMES, shape=SHAPE, seed=0) -> xr.DataArray:
+    """A drifting two-photon-like movie (uint16 counts), rendered into memory.
+
+    Rendering is slow (seconds per frame on a loaded machine): longer movies
+    repeat these frames (:func:`tiled`), which costs the registration the same.
+    """
+    still = xreg.datasets.large(n_frames=n_frames, shape=shape, seed=seed, chunks=n_frames)
     moved, _ = xreg.datasets.add_motion(still, max_drift=6, subpixel=True, seed=seed)
-    if np.dtype(dtype).kind == "u":
-        moved = moved - min(0, float(moved.min()))  # int16 counts made non-negative
-    return moved.astype(dtype).rename("movie")
+    return moved.clip(min=0).astype("uint16").rename("movie").compute()
 
 
-def store_size(url: str, options: dict | None) -> int:
+def tiled(base: xr.DataArray, n_frames: int, dtype="uint16", chunks=CHUNK) -> xr.DataArray:
+    """``n_frames`` frames cycling through ``base``, Dask-backed in ``chunks``-frame chunks."""
+    import dask.array as dsa
+
+    values = base.values.astype(dtype)
+
+    def block(block_info=None):
+        start, stop = block_info[None]["array-location"][0]
+        return values[np.arange(start, stop) % len(values)]
+
+    time_chunks = dsa.core.normalize_chunks(chunks, (n_frames,))[0]
+    data = dsa.map_blocks(
+        block, dtype=dtype, chunks=(time_chunks,) + tuple((s,) for s in values.shape[1:])
+    )
+    return xr.DataArray(
+        data,
+        dims=base.dims,
+        coords={"time": np.arange(n_frames, dtype=float)},
+        attrs=base.attrs,
+        name="movie",
+    )
+
+
+def store_size(url: str, options: dict | None = None) -> int:
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(url, **(options or {}))
     return sum(fs.du(root, total=False).values()) if fs.exists(root) else 0
 
 
+def options_of(method: str) -> dict:
+    return dict(PIECEWISE) if method == "piecewise" else {}
+
+
 # ----------------------------------------------------------------------------- 1. per frame
 
 
-def per_frame(rounds: int, n_frames: int = 32) -> dict:
-    """CPU seconds per frame and peak memory per chunk, the four cases taking turns."""
+def per_frame(base: xr.DataArray, rounds: int, n_frames: int = 32) -> dict:
+    """CPU seconds per frame (estimate + apply, one thread), the four cases taking turns."""
     import dask
     from threadpoolctl import threadpool_limits
 
-    cases = [(d, m) for d in ("uint16", "float32") for m in ("rigid", "piecewise")]
-    frames = {d: movie(n_frames, d, chunks=n_frames).compute() for d in ("uint16", "float32")}
+    frames = {d: tiled(base, n_frames, d, chunks=n_frames).compute() for d in ("uint16", "float32")}
     refs = {d: frames[d].mean("time") for d in frames}
-    cpu = {c: [] for c in cases}
-    peak = {}
+    cpu = {c: [] for c in CASES}
     with dask.config.set(scheduler="sync"), threadpool_limits(1):
         for _ in range(rounds):
-            for dtype, method in cases:
-                data = frames[dtype]
-                options = {"method": method, "block_size": 128} if method == "piecewise" else {}
+            for dtype, method in CASES:
                 start = time.process_time()
-                shifts = data.reg.estimate(refs[dtype], **options)
-                data.reg.apply(shifts)
+                shifts = frames[dtype].reg.estimate(refs[dtype], **options_of(method))
+                frames[dtype].reg.apply(shifts)
                 cpu[(dtype, method)].append((time.process_time() - start) / n_frames)
-                if (dtype, method) not in peak:
-                    tracemalloc.start()
-                    shifts = data.reg.estimate(refs[dtype], **options)
-                    data.reg.apply(shifts)
-                    peak[(dtype, method)] = tracemalloc.get_traced_memory()[1]
-                    tracemalloc.stop()
+    return {
+        f"{d} {m}": {"cpu_s_per_frame_min": min(v), "cpu_s_per_frame_median": float(np.median(v))}
+        for (d, m), v in cpu.items()
+    }
+
+
+# ----------------------------------------------------------------------------- 2. memory
+
+
+def _status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def memory_case(folder: str, dtype: str, method: str) -> None:
+    """In a fresh process: one chunk task's memory, as a one-thread worker runs it."""
+    import dask
+
+    source, output = f"{folder}/{dtype}.zarr", f"{folder}/{dtype}-{method}-out.zarr"
+    data = io.open_movie(source)
+    gc.collect()
+    before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts here
+    with dask.config.set(scheduler="sync"):
+        pipeline.run(
+            data,
+            output,
+            reference=lambda: io.open_reference("first:32", data),
+            settings={"input": source, "method": method},
+            estimate_options=options_of(method),
+            overwrite=True,
+        )
+    print(json.dumps({"before": before, "peak": _status("VmHWM")}))
+
+
+def memory_and_bytes(base: xr.DataArray, folder: Path, n_frames: int = 64) -> dict:
+    """Peak memory of a one-thread run and the stored bytes per frame, per case."""
     out = {}
-    for dtype, method in cases:
-        raw = int(np.prod(SHAPE)) * np.dtype(dtype).itemsize
+    for dtype in ("uint16", "float32"):
+        io.to_zarr(tiled(base, n_frames, dtype).to_dataset(), folder / f"{dtype}.zarr", mode="w")
+    for dtype, method in CASES:
+        command = [sys.executable, __file__, "--memory-case", str(folder), dtype, method]
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        figures = json.loads(result.stdout.strip().splitlines()[-1])
+        source, output = folder / f"{dtype}.zarr", folder / f"{dtype}-{method}-out.zarr"
         out[f"{dtype} {method}"] = {
-            "cpu_s_per_frame": float(np.median(cpu[(dtype, method)])),
-            "raw_bytes_per_frame": raw,
-            "peak_bytes_per_chunk": int(peak[(dtype, method)]),
-            "chunk_frames": n_frames,
-            "peak_over_chunk": peak[(dtype, method)] / (raw * n_frames),
+            "rss_before_bytes": figures["before"],
+            "peak_rss_bytes": figures["peak"],
+            "chunk_frames": CHUNK,
+            "raw_bytes_per_frame": int(np.prod(SHAPE)) * np.dtype(dtype).itemsize,
+            "stored_in_bytes_per_frame": store_size(str(source / "movie")) / n_frames,
+            "stored_out_bytes_per_frame": store_size(str(output / "movie")) / n_frames,
+            # displacements, the run's records and the reference, per frame of this run
+            "other_out_bytes_per_frame": (
+                store_size(str(output)) - store_size(str(output / "movie"))
+            )
+            / n_frames,
         }
     return out
 
@@ -136,6 +220,7 @@ class MotoServer:
                 break
             except OSError:
                 if time.monotonic() > deadline:
+                    self.__exit__()
                     raise
                 time.sleep(0.2)
         import s3fs
@@ -148,36 +233,33 @@ class MotoServer:
         self.process.wait()
 
 
-# ----------------------------------------------------------------------------- 2. throughput
+# ----------------------------------------------------------------------------- one run
 
 
-def register(source: str, output: str, options: dict | None, chunk: int | None = None) -> float:
-    """One ``xreg register``-like run on the current Dask client; its wall seconds."""
-    start = time.perf_counter()
-    data = io.open_movie(source, chunk_frames=chunk, storage_options=options)
-    pipeline.run(
-        data,
-        output,
-        reference=lambda: io.open_reference("first:32", data, storage_options=options),
-        settings={"input": source},
-        overwrite=True,
-        storage_options=options,
-    )
-    return time.perf_counter() - start
+def pass_tasks(stream, after: float) -> dict:
+    """Worker seconds in the pass's tasks (those started after ``after``, a time.time()).
 
-
-def chunk_task_seconds(stream) -> float:
-    """Seconds the workers spent in the pipeline's chunk tasks (one per chunk)."""
-    total = 0.0
+    Per kind: ``read`` (opening and slicing the input chunk), ``register`` (estimate and
+    apply), ``write`` (encode and store the frames, record the chunk as done); their sum
+    ``task_s``; and ``span_s``, from the first start to the last end.
+    """
+    seconds = {"read": 0.0, "register": 0.0, "write": 0.0}
+    starts, stops = [], []
     for task in stream:
-        if "write_block" in str(task["key"]):
-            spans = [s for s in task["startstops"] if s["action"] == "compute"]
-            total += sum(s["stop"] - s["start"] for s in spans)
-    return total
+        key = str(task["key"])
+        kind = (
+            "register" if "register_block" in key else "write" if "write_block" in key else "read"
+        )
+        for span in task["startstops"]:
+            if span["action"] == "compute" and span["start"] >= after:
+                seconds[kind] += span["stop"] - span["start"]
+                starts.append(span["start"])
+                stops.append(span["stop"])
+    return {"task_s": sum(seconds.values()), "span_s": max(stops) - min(starts), **seconds}
 
 
 def worker_cpu(client) -> float:
-    """CPU seconds used so far by the cluster's worker processes (their own, and children)."""
+    """CPU seconds used so far by the cluster's worker processes."""
 
     def used():
         import psutil
@@ -188,84 +270,57 @@ def worker_cpu(client) -> float:
     return sum(client.run(used).values())
 
 
-def throughput(folder: Path, moto: MotoServer, clients: dict, n_frames: int, rounds: int):
-    """Frames/s and worker CPU per frame: disk and object store, 1 and 2 workers, in turns."""
+def worker_peak_rss(client) -> int:
+    """The largest high-water mark of resident memory among the workers (bytes)."""
+    return max(client.run(_status, "VmHWM").values())
+
+
+def register(client, source: str, output: str, options: dict | None, chunk: int | None = None):
+    """One ``xreg register``-like run on ``client``: wall, CPU and task figures."""
     from distributed import get_task_stream
 
-    local_in = str(folder / "through-in.zarr")
-    remote_in = "s3://bench/through-in.zarr"
-    data = movie(n_frames).to_dataset()
-    io.to_zarr(data, local_in, mode="w")
-    io.to_zarr(data, remote_in, mode="w", storage_options=moto.options)
-    stores = {
-        "disk": (local_in, str(folder / "through-out.zarr"), None),
-        "s3": (remote_in, "s3://bench/through-out.zarr", moto.options),
-    }
-    runs = {(s, n): [] for s in stores for n in clients}
-    for _ in range(rounds):
-        for store, (source, output, options) in stores.items():
-            for n, client in clients.items():
-                with client.as_current(), get_task_stream(client) as stream:
-                    cpu0 = worker_cpu(client)
-                    wall = register(source, output, options)
-                    cpu = worker_cpu(client) - cpu0
-                runs[(store, n)].append((wall, cpu, chunk_task_seconds(stream.data)))
-    out = {}
-    for (store, n), values in runs.items():
-        wall = float(np.median([w for w, _, _ in values]))
-        cpu = float(np.median([c for _, c, _ in values]))
-        tasks = float(np.median([t for _, _, t in values]))
-        source, output, options = stores[store]
-        out[f"{store} {n}"] = {
-            "frames": n_frames,
-            "wall_s": wall,
-            "frames_per_s": n_frames / wall,
-            "worker_cpu_s_per_frame": cpu / n_frames,
-            "core_share_per_worker": cpu / wall / n,
-            # The chunk tasks (read, estimate, apply, write a chunk): worker seconds
-            # per frame, and what the rest of the run took (reference, layout, finish).
-            "chunk_task_s_per_frame": tasks / n_frames,
-            "fixed_s": wall - tasks / n,
-            "stored_in_bytes_per_frame": store_size(source, options) / n_frames,
-            "stored_out_bytes_per_frame": store_size(output, options) / n_frames,
-        }
-    return out
+    data = io.open_movie(source, chunk_frames=chunk, storage_options=options)
+    with client.as_current(), get_task_stream(client) as stream:
+        cpu0, main0 = worker_cpu(client), time.process_time()
+        start = time.perf_counter()
+        reference_s, reference_end = [], []
 
+        def reference():
+            begin = time.perf_counter()
+            image = io.open_reference("first:32", data, storage_options=options)
+            reference_s.append(time.perf_counter() - begin)
+            reference_end.append(time.time())  # the task stream's clock
+            return image
 
-# ----------------------------------------------------------------------------- 3. scheduler
-
-
-def overhead(folder: Path, client, chunks: int, rounds: int) -> dict:
-    """Scheduler seconds per task: one-frame chunks against 8 chunks, same frames."""
-    from distributed import get_task_stream
-
-    shape = (32, 32)
-    source = str(folder / "tiny-in.zarr")
-    io.to_zarr(movie(chunks, "uint16", shape=shape, chunks=1).to_dataset(), source, mode="w")
-    runs = {chunks: [], 8: []}
-    tasks = {}
-    for _ in range(rounds):
-        for n_chunks in runs:
-            with client.as_current(), get_task_stream(client) as stream:
-                wall = register(source, str(folder / "tiny-out.zarr"), None, -(-chunks // n_chunks))
-            runs[n_chunks].append(wall)
-            tasks[n_chunks] = len(stream.data)
-    small, big = (float(np.median(runs[k])) for k in (chunks, 8))
+        pipeline.run(
+            data,
+            output,
+            reference=reference,
+            settings={"input": source},
+            overwrite=True,
+            storage_options=options,
+        )
+        wall = time.perf_counter() - start
+        # This process: the client and, in a LocalCluster, the scheduler (the serial part).
+        main = time.process_time() - main0
+        cpu = worker_cpu(client) - cpu0
     return {
-        "frames": chunks,
-        "tasks_small_chunks": tasks[chunks],
-        "tasks_big_chunks": tasks[8],
-        "wall_small_chunks_s": small,
-        "wall_big_chunks_s": big,
-        "s_per_task": (small - big) / (tasks[chunks] - tasks[8]),
-        "tasks_per_chunk": tasks[chunks] / chunks,
+        "frames": data.sizes["time"],
+        "chunks": len(data.chunks[0]),
+        "workers": len(client.scheduler_info()["workers"]),
+        "wall_s": wall,
+        "worker_cpu_s": cpu,
+        "main_cpu_s": main,
+        "reference_s": reference_s[0],
+        **pass_tasks(stream.data, reference_end[0]),
+        "tasks": len(stream.data),
     }
 
 
-# ----------------------------------------------------------------------------- 4. spark
+# ----------------------------------------------------------------------------- 3. spark
 
 
-def spark_overhead(n_tasks: int = 2000) -> dict | None:
+def spark_overhead(n_tasks: int = 500) -> dict | None:
     """Seconds per task of a local[2] Spark job of empty tasks, over a 2-task job."""
     try:
         import pyspark
@@ -295,50 +350,60 @@ def spark_overhead(n_tasks: int = 2000) -> dict | None:
     return {"tasks": n_tasks, "s_per_task": (walls[n_tasks] - walls[2]) / (n_tasks - 2)}
 
 
-# ----------------------------------------------------------------------------- 5. model
+# ----------------------------------------------------------------------------- 5. the model
 
 
-def predict(
-    frames: int,
-    workers: int,
-    task_s_per_frame: float,
-    fixed_s: float,
-    s_per_task: float,
-    tasks_per_chunk: float,
-    chunk: int = CHUNK,
-) -> dict:
-    """Wall seconds of a run: its fixed part, then the slower of workers and scheduler."""
-    workers_s = frames * task_s_per_frame / workers
-    scheduler_s = frames / chunk * tasks_per_chunk * s_per_task
+def calibrate(run: dict, small: dict, big: dict) -> dict:
+    """The model's inputs from one calibrating run and one pair of overhead runs.
+
+    ``c``: worker seconds per frame in the chunk tasks (read, estimate, apply, encode,
+    write).  ``serial``: this process's CPU seconds per chunk beyond the work (client,
+    scheduler, the per-chunk records), from the one-frame-chunk run against the
+    8-chunk run of the same frames.  ``fixed``: what the calibrating run spent beyond
+    its workers' share of the work and the serial part (reference, layout,
+    displacements, start-up).
+    """
+    serial = (small["main_cpu_s"] - big["main_cpu_s"]) / (small["chunks"] - big["chunks"])
+    c = run["task_s"] / run["frames"]
+    work = run["frames"] * c / run["workers"]
     return {
-        "workers_s": workers_s,
-        "scheduler_s": scheduler_s,
-        "fixed_s": fixed_s,
-        "wall_s": fixed_s + max(workers_s, scheduler_s),
+        "c_s": c,
+        "serial_s_per_chunk": serial,
+        "fixed_s": run["wall_s"] - max(work, run["chunks"] * serial),
+    }
+
+
+def predict(frames: int, workers: int, inputs: dict, chunk: int = CHUNK) -> dict:
+    """Wall seconds of a run: its fixed part, then the slower of the workers and the serial part."""
+    work = frames * inputs["c_s"] / workers
+    serial = math.ceil(frames / chunk) * inputs["serial_s_per_chunk"]
+    return {
+        "work_s": work,
+        "serial_s": serial,
+        "fixed_s": inputs["fixed_s"],
+        "wall_s": inputs["fixed_s"] + max(work, serial),
     }
 
 
 def terabyte(figures: dict, store_mb_s: float, price: float) -> list[dict]:
     """The model for 2 million 512 x 512 uint16 frames on N one-core workers.
 
-    CPU seconds per frame: the chunk tasks' worker time per frame on one worker, times
-    the core share it had (what a dedicated core would need).  Store traffic: the raw
-    frames in and out (1 MiB a frame, the worst case: no compression), at
-    ``store_mb_s`` per worker (an assumption, see docs/SCALING.md).  Scheduler: the
-    measured seconds per task, times the tasks (``tasks_per_chunk`` per 32-frame chunk),
-    one scheduler for all workers.  Memory: a worker's own, plus the peak working set
-    of a chunk and its input and output.
+    CPU: the worker CPU seconds per frame of the 1-worker S3 runs (what a dedicated
+    core needs, HTTP client and codecs included).  Store: the raw frames in and out
+    (512 KiB each way, no compression: the worst case) at ``store_mb_s`` per worker
+    (an assumption).  Serial: Dask, the measured CPU seconds per chunk of the client
+    and scheduler; Spark, the driver's seconds per task (one task per chunk).
+    Memory: the peak of a one-thread run (uint16 rigid) plus the worker's own.
     """
     frames, raw = 2_000_000, SHAPE[0] * SHAPE[1] * 2
-    one = figures["throughput"]["disk 1"]
-    cpu = one["chunk_task_s_per_frame"] * min(1.0, one["core_share_per_worker"])
     chunks = frames / CHUNK
-    overheads = {"dask": figures["overhead"]["s_per_task"] * figures["overhead"]["tasks_per_chunk"]}
+    cpu = figures["summary"]["s3 1"]["worker_cpu_s_per_frame_median"]
+    serials = {"dask": figures["summary"]["model_inputs_median"]["serial_s_per_chunk"]}
     if figures.get("spark"):
-        overheads["spark"] = figures["spark"]["s_per_task"]  # one task per chunk
-    chunk_memory = figures["per_frame"]["uint16 rigid"]["peak_bytes_per_chunk"] + 2 * raw * CHUNK
+        serials["spark"] = figures["spark"]["s_per_task"]
+    memory = figures["memory"]["uint16 rigid"]["peak_rss_bytes"]
     rows = []
-    for engine, per_chunk in overheads.items():
+    for engine, per_chunk in serials.items():
         for n in (1, 16, 64, 256, 1024, 4096):
             parts = {
                 "CPU": frames * cpu / n,
@@ -353,18 +418,86 @@ def terabyte(figures: dict, store_mb_s: float, price: float) -> list[dict]:
                     "wall_h": wall / 3600,
                     "bottleneck": max(parts, key=parts.get),
                     "cost": n * wall / 3600 * price,
-                    "memory_gb": (figures["worker_rss_bytes"] + chunk_memory) / 1e9,
+                    "memory_gb": memory / 1e9,
                     **{f"{k}_h": v / 3600 for k, v in parts.items()},
                 }
             )
     return rows
 
 
+# ----------------------------------------------------------------------------- main
+
+
+def summarise(runs: dict, check: list, n_check: int) -> dict:
+    """Min and median of each kind of run; each round's prediction of its check."""
+    out = {}
+    for name, values in runs.items():
+        if name.startswith("tiny"):
+            continue
+        f = values[0]["frames"]
+        walls = [v["wall_s"] for v in values]
+        out[name] = {
+            "frames": f,
+            "workers": values[0]["workers"],
+            "wall_s_min": min(walls),
+            "wall_s_median": float(np.median(walls)),
+            "frames_per_s_best": f / min(walls),
+            "frames_per_s_median": f / float(np.median(walls)),
+            "worker_cpu_s_per_frame_median": float(np.median([v["worker_cpu_s"] for v in values]))
+            / f,
+            **{
+                f"{kind}_s_per_frame_median": float(np.median([v[kind] for v in values])) / f
+                for kind in ("task_s", "read", "register", "write")
+            },
+            "core_share_per_worker_median": float(
+                np.median([v["worker_cpu_s"] / v["wall_s"] / v["workers"] for v in values])
+            ),
+        }
+    small, big = runs["tiny small"], runs["tiny big"]
+    tasks = small[0]["tasks"] - big[0]["tasks"]
+    per_task = [(s["wall_s"] - b["wall_s"]) / tasks for s, b in zip(small, big, strict=True)]
+    serial = [(s["main_cpu_s"] - b["main_cpu_s"]) / tasks for s, b in zip(small, big, strict=True)]
+    out["overhead"] = {
+        "frames": small[0]["frames"],
+        "tasks_small_chunks": small[0]["tasks"],
+        "tasks_big_chunks": big[0]["tasks"],
+        "tasks_per_chunk": small[0]["tasks"] / small[0]["chunks"],
+        "wall_s_per_task_min": min(per_task),
+        "wall_s_per_task_median": float(np.median(per_task)),
+        "serial_cpu_s_per_task_min": min(serial),
+        "serial_cpu_s_per_task_median": float(np.median(serial)),
+        "worker_cpu_s_per_task_median": float(
+            np.median(
+                [
+                    (s["worker_cpu_s"] - b["worker_cpu_s"]) / tasks
+                    for s, b in zip(small, big, strict=True)
+                ]
+            )
+        ),
+    }
+    # The model's inputs at the min and the median over rounds, and its check.
+    inputs = [item["inputs"] for item in check]
+    measured = [item["measured"]["wall_s"] for item in check]
+    for stat, f in (("min", min), ("median", lambda v: float(np.median(v)))):
+        chosen = {k: f([i[k] for i in inputs]) for k in inputs[0]}
+        out[f"model_inputs_{stat}"] = chosen
+        predicted = predict(n_check, 2, chosen)["wall_s"]
+        out[f"check_{stat}"] = {
+            "predicted_s": predicted,
+            "measured_s": f(measured),
+            "error": f(measured) / predicted - 1,
+        }
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=256, help="frames of the throughput runs")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--chunks", type=int, default=8000, help="one-frame chunks (overhead)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunks", type=int, default=4000, help="one-frame chunks (overhead)")
+    parser.add_argument(
+        "--overhead-rounds", type=int, default=2, help="rounds that include the overhead runs"
+    )
     parser.add_argument("--check", type=int, default=2000, help="frames of the model's check")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
@@ -379,77 +512,124 @@ def main():
         default=0.05,
         help="price of a one-core worker per hour assumed for 1 TB",
     )
-    parser.add_argument("--skip", nargs="*", default=[], help="sections to skip: frame spark")
+    parser.add_argument("--memory-case", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_case:
+        memory_case(*args.memory_case)
+        return
 
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import Client, LocalCluster
 
-    figures = {"load_average_at_start": os.getloadavg()}
-    if "frame" not in args.skip:
-        figures["per_frame"] = per_frame(args.rounds)
-        print(json.dumps(figures["per_frame"], indent=1), flush=True)
-    if "spark" not in args.skip:
-        figures["spark"] = spark_overhead()
-        print(json.dumps(figures["spark"], indent=1), flush=True)
+    def show(name, value):
+        print(f"{name} (at {time.perf_counter() - started:.0f} s): {json.dumps(value, indent=1)}")
+        sys.stdout.flush()
+
+    started = time.perf_counter()
+    figures = {"argv": sys.argv[1:], "load_average_at_start": os.getloadavg()}
+    base = render()
+    figures["rendered_s"] = time.perf_counter() - started
+    figures["per_frame"] = per_frame(base, args.rounds)
+    show("per_frame", figures["per_frame"])
     folder = Path(tempfile.mkdtemp(prefix="xreg-bench-scale-"))
-    clusters = {
-        n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-        for n in (1, 2)
-    }
-    clients = {n: Client(c, set_as_default=False) for n, c in clusters.items()}
-    try:
-        rss = clients[1].run(lambda: __import__("psutil").Process().memory_info().rss)
-        figures["worker_rss_bytes"] = max(rss.values())  # a worker before any work
-        with MotoServer() as moto:
-            figures["throughput"] = throughput(folder, moto, clients, args.frames, args.rounds)
-        print(json.dumps(figures["throughput"], indent=1), flush=True)
-        figures["overhead"] = overhead(folder, clients[2], args.chunks, 1)
-        print(json.dumps(figures["overhead"], indent=1), flush=True)
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        (folder / "memory").mkdir()
+        figures["memory"] = memory_and_bytes(base, folder / "memory")
+        show("memory", figures["memory"])
+        figures["spark"] = spark_overhead()
+        show("spark", figures["spark"])
 
-        # The model's check: 2 workers, local disk, `--check` frames, predicted from the
-        # 2-worker disk runs above (per-frame task time and fixed part) and the overhead.
-        run = figures["throughput"]["disk 2"]
-        prediction = predict(
-            args.check,
-            2,
-            run["chunk_task_s_per_frame"],
-            run["fixed_s"],
-            figures["overhead"]["s_per_task"],
-            figures["overhead"]["tasks_per_chunk"],
-        )
-        source = str(folder / "check-in.zarr")
-        io.to_zarr(movie(args.check).to_dataset(), source, mode="w")
-        with clients[2].as_current(), get_task_stream(clients[2]) as stream:
-            cpu0 = worker_cpu(clients[2])
-            wall = register(source, str(folder / "check-out.zarr"), None)
-            share = (worker_cpu(clients[2]) - cpu0) / wall / 2
-        tasks = chunk_task_seconds(stream.data)
-        figures["check"] = {
-            "frames": args.check,
-            "predicted": prediction,
-            "measured_wall_s": wall,
-            "measured_core_share_per_worker": share,
-            "measured_chunk_task_s_per_frame": tasks / args.check,
-            "measured_fixed_s": wall - tasks / 2,
-            "error": wall / prediction["wall_s"] - 1,
-        }
-        print(json.dumps(figures["check"], indent=1), flush=True)
-    finally:
-        for client in clients.values():
-            client.close()
-        for cluster in clusters.values():
-            cluster.close()
-        shutil.rmtree(folder, ignore_errors=True)
-    figures["load_average_at_end"] = os.getloadavg()
-    if "per_frame" in figures:
-        figures["terabyte"] = terabyte(figures, args.store_mb_s, args.price)
-        for row in figures["terabyte"]:
-            print(
-                f"{row['engine']:6} N={row['workers']:5d}  wall {row['wall_h']:8.2f} h  "
-                f"(CPU {row['CPU_h']:.2f}, store {row['store_h']:.2f}, scheduler "
-                f"{row['scheduler_h']:.2f})  bottleneck {row['bottleneck']:9}  "
-                f"cost {row['cost']:7.1f}  memory/worker {row['memory_gb']:.2f} GB"
+        moto = stack.enter_context(MotoServer())
+        clusters = {
+            n: stack.enter_context(
+                LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+                )
             )
+            for n in (1, 2)
+        }
+        clients = {
+            n: stack.enter_context(Client(c, set_as_default=False)) for n, c in clusters.items()
+        }
+        rss = clients[1].run(_status, "VmRSS")
+        figures["worker_rss_bytes_idle"] = max(rss.values())
+
+        # The inputs, written once.
+        inputs = {
+            "disk": str(folder / "in.zarr"),
+            "s3": "s3://bench/in.zarr",
+            "weak": str(folder / "weak-in.zarr"),
+            "check": str(folder / "check-in.zarr"),
+            "tiny": str(folder / "tiny-in.zarr"),
+        }
+        data = tiled(base, args.frames).to_dataset()
+        io.to_zarr(data, inputs["disk"], mode="w")
+        io.to_zarr(data, inputs["s3"], mode="w", storage_options=moto.options)
+        io.to_zarr(tiled(base, 2 * args.frames).to_dataset(), inputs["weak"], mode="w")
+        io.to_zarr(tiled(base, args.check).to_dataset(), inputs["check"], mode="w")
+        tiny = tiled(render(shape=(32, 32)), args.chunks, chunks=1).to_dataset()
+        io.to_zarr(tiny, inputs["tiny"], mode="w")
+        figures["inputs_written_s"] = time.perf_counter() - started
+
+        # (name, client, input, output, storage options, frames per chunk)
+        kinds = [
+            ("disk 1", 1, "disk", str(folder / "out.zarr"), None, None),
+            ("disk 2", 2, "disk", str(folder / "out.zarr"), None, None),
+            ("s3 1", 1, "s3", "s3://bench/out.zarr", moto.options, None),
+            ("s3 2", 2, "s3", "s3://bench/out.zarr", moto.options, None),
+            ("disk 2 weak", 2, "weak", str(folder / "out.zarr"), None, None),
+            ("tiny small", 2, "tiny", str(folder / "tiny-out.zarr"), None, 1),
+            ("tiny big", 2, "tiny", str(folder / "tiny-out.zarr"), None, -(-args.chunks // 8)),
+            ("check", 2, "check", str(folder / "check-out.zarr"), None, None),
+        ]
+        # Warm-up: each cluster's first run on each store imports and connects.
+        for _, n, source, output, options, chunk in kinds[:4]:
+            register(clients[n], inputs[source], output, options, chunk)
+        runs = {kind[0]: [] for kind in kinds}
+        check = []
+        peaks = {}
+        for round_ in range(args.rounds):
+            for name, n, source, output, options, chunk in kinds:
+                if name.startswith("tiny") and round_ >= args.overhead_rounds:
+                    continue
+                result = register(clients[n], inputs[source], output, options, chunk)
+                runs[name].append(result)
+                elapsed = time.perf_counter() - started
+                print(f"round {round_ + 1} {name} (at {elapsed:.0f} s): {json.dumps(result)}")
+                sys.stdout.flush()
+            peaks = {n: worker_peak_rss(c) for n, c in clients.items()}
+            model_inputs = calibrate(
+                runs["disk 2"][-1], runs["tiny small"][-1], runs["tiny big"][-1]
+            )
+            predicted = predict(args.check, 2, model_inputs)
+            check.append(
+                {"inputs": model_inputs, "predicted": predicted, "measured": runs["check"][-1]}
+            )
+            error = runs["check"][-1]["wall_s"] / predicted["wall_s"] - 1
+            print(
+                f"round {round_ + 1} check: predicted {predicted['wall_s']:.1f} s, measured "
+                f"{runs['check'][-1]['wall_s']:.1f} s ({error:+.0%})",
+                flush=True,
+            )
+        figures["runs"] = runs
+        figures["check_rounds"] = check
+        figures["worker_peak_rss_bytes"] = peaks
+    figures["load_average_at_end"] = os.getloadavg()
+    figures["total_s"] = time.perf_counter() - started
+    if args.json:  # the raw figures, kept even if what follows fails
+        args.json.write_text(json.dumps(figures, indent=1))
+    figures["summary"] = summarise(runs, check, args.check)
+    show("summary", figures["summary"])
+    figures["terabyte"] = terabyte(figures, args.store_mb_s, args.price)
+    for row in figures["terabyte"]:
+        print(
+            f"{row['engine']:6} N={row['workers']:5d}  wall {row['wall_h']:8.2f} h  "
+            f"(CPU {row['CPU_h']:.2f}, store {row['store_h']:.2f}, scheduler "
+            f"{row['scheduler_h']:.2f})  bottleneck {row['bottleneck']:9}  "
+            f"cost {row['cost']:7.1f}  memory/worker {row['memory_gb']:.2f} GB"
+        )
+    start_load, end_load = figures["load_average_at_start"], figures["load_average_at_end"]
+    print(f"load average: start {start_load}, end {end_load}; {figures['total_s']:.0f} s in all")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

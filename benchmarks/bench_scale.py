@@ -1,7 +1,8 @@
 """Scaling out: the measurements behind docs/SCALING.md and the check of its model, in one run.
 
-    python benchmarks/bench_scale.py [--frames 256] [--rounds 3] [--chunks 8000]
-                                     [--check 2000] [--json scale.json]
+    python benchmarks/bench_scale.py [--frames 256] [--rounds 3] [--chunks 4000]
+                                     [--overhead-rounds 2] [--check 2000] [--json scale.json]
+    python benchmarks/bench_scale.py --summarise scale.json   # summary and model again
 
 1. Per frame, in this process on one thread, in memory, for 512 x 512 uint16 and
    float32 frames, rigid and piecewise (the four take turns): CPU seconds of the
@@ -18,9 +19,9 @@
       ``--frames`` 512 x 512 uint16 movie in 32-frame chunks: local disk and an S3 object
       store (moto's server, in its own process), 1 and 2 worker processes
       (``distributed.LocalCluster``), and twice the frames on 2 workers (weak scaling);
-   b. the per-task overhead: a 32 x 32 movie of ``--chunks`` frames in one-frame
-      chunks (tens of thousands of tasks, as a terabyte makes) against the same
-      frames in 8 chunks, on 2 workers;
+   b. in the first ``--overhead-rounds`` rounds, the per-task overhead: a 32 x 32
+      movie of ``--chunks`` frames in one-frame chunks (tens of thousands of tasks, as
+      a terabyte makes) against the same frames in 8 chunks, on 2 workers;
    c. the model's check: a ``--check``-frame run (1/1000 of 2 million frames) on 2
       workers from local disk, which the model predicts from the same round's (a) and (b).
 
@@ -356,8 +357,9 @@ def spark_overhead(n_tasks: int = 500) -> dict | None:
 def calibrate(run: dict, small: dict, big: dict) -> dict:
     """The model's inputs from one calibrating run and one pair of overhead runs.
 
-    ``c``: worker seconds per frame in the chunk tasks (read, estimate, apply, encode,
-    write).  ``serial``: this process's CPU seconds per chunk beyond the work (client,
+    ``c``: worker seconds per frame in the pass's tasks (read, estimate, apply, encode,
+    write), which is ``cpu`` (worker CPU seconds per frame) over ``share`` (of a
+    core).  ``serial``: this process's CPU seconds per chunk beyond the work (client,
     scheduler, the per-chunk records), from the one-frame-chunk run against the
     8-chunk run of the same frames.  ``fixed``: what the calibrating run spent beyond
     its workers' share of the work and the serial part (reference, layout,
@@ -370,13 +372,22 @@ def calibrate(run: dict, small: dict, big: dict) -> dict:
         "c_s": c,
         "serial_s_per_chunk": serial,
         "fixed_s": run["wall_s"] - max(work, run["chunks"] * serial),
+        # c split into what the workers' cores did and the share of a core they had:
+        # c = cpu / share (the share is the machine's load, not xreg's).
+        "cpu_s": run["worker_cpu_s"] / run["frames"],
+        "share": run["worker_cpu_s"] / run["task_s"],
     }
 
 
 def predict(frames: int, workers: int, inputs: dict, chunk: int = CHUNK) -> dict:
-    """Wall seconds of a run: its fixed part, then the slower of the workers and the serial part."""
-    work = frames * inputs["c_s"] / workers
-    serial = math.ceil(frames / chunk) * inputs["serial_s_per_chunk"]
+    """Wall seconds of a run: its fixed part, then the slower of the workers and the serial part.
+
+    The workers' part counts whole chunks: the busiest worker does ``ceil(K / N)`` of
+    the K chunks (63 chunks on 2 workers: 32, not 31.5).
+    """
+    chunks = math.ceil(frames / chunk)
+    work = min(frames, math.ceil(chunks / workers) * chunk) * inputs["c_s"]
+    serial = chunks * inputs["serial_s_per_chunk"]
     return {
         "work_s": work,
         "serial_s": serial,
@@ -478,6 +489,27 @@ def summarise(runs: dict, check: list, n_check: int) -> dict:
     # The model's inputs at the min and the median over rounds, and its check.
     inputs = [item["inputs"] for item in check]
     measured = [item["measured"]["wall_s"] for item in check]
+    # The work term alone, in CPU seconds (what the load does not change), each round;
+    # and the wall time with the share of a core the check's workers actually had.
+    out["check_rounds"] = []
+    for item in check:
+        run, cal = item["measured"], item["inputs"]
+        share = run["worker_cpu_s"] / run["task_s"]
+        at_share = predict(n_check, 2, dict(cal, c_s=cal["cpu_s"] / share))["wall_s"]
+        out["check_rounds"].append(
+            {
+                "predicted_wall_s": item["predicted"]["wall_s"],
+                "measured_wall_s": run["wall_s"],
+                "wall_error": run["wall_s"] / item["predicted"]["wall_s"] - 1,
+                "predicted_worker_cpu_s": n_check * cal["cpu_s"],
+                "measured_worker_cpu_s": run["worker_cpu_s"],
+                "cpu_error": run["worker_cpu_s"] / (n_check * cal["cpu_s"]) - 1,
+                "share_calibration": cal["share"],
+                "share_check": share,
+                "predicted_wall_at_check_share_s": at_share,
+                "wall_at_check_share_error": run["wall_s"] / at_share - 1,
+            }
+        )
     for stat, f in (("min", min), ("median", lambda v: float(np.median(v)))):
         chosen = {k: f([i[k] for i in inputs]) for k in inputs[0]}
         out[f"model_inputs_{stat}"] = chosen
@@ -513,9 +545,29 @@ def main():
         help="price of a one-core worker per hour assumed for 1 TB",
     )
     parser.add_argument("--memory-case", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--summarise", type=Path, help="recompute the summary and model from a --json file"
+    )
     args = parser.parse_args()
     if args.memory_case:
         memory_case(*args.memory_case)
+        return
+    if args.summarise:
+        figures = json.loads(args.summarise.read_text())
+        runs, n_check = figures["runs"], figures["runs"]["check"][0]["frames"]
+        check = []
+        for round_, measured in enumerate(runs["check"]):
+            pair = min(round_, len(runs["tiny small"]) - 1)  # the latest overhead runs
+            inputs = calibrate(
+                runs["disk 2"][round_], runs["tiny small"][pair], runs["tiny big"][pair]
+            )
+            check.append(
+                {"inputs": inputs, "predicted": predict(n_check, 2, inputs), "measured": measured}
+            )
+        summary = summarise(runs, check, n_check)
+        figures["summary"] = summary
+        figures["terabyte"] = terabyte(figures, args.store_mb_s, args.price)
+        print(json.dumps({"summary": summary, "terabyte": figures["terabyte"]}, indent=1))
         return
 
     from distributed import Client, LocalCluster

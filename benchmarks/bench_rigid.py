@@ -119,8 +119,32 @@ def main():
         lambda: lazy.reg.estimate(reference, upsample_factor=args.upsample), args.repeats
     )
 
+    # The per-frame overlap estimate (the default) against the fixed window it replaced
+    # (issue 18), both through the core on the same frames and reference, taking turns.
+    from xreg import core
+
+    bounds = core.clip_bounds(reference, xreg._xarray.CLIP_PERCENTILES)
+    plans = {
+        kind: core.prepare_reference(reference, clip=bounds, overlap=kind == "overlap")
+        for kind in ("fixed", "overlap")
+    }
+    core_runs = {kind: [] for kind in plans}
+    for _ in range(args.repeats):
+        for kind, plan in plans.items():
+            seconds, shifts = best_time(
+                lambda p=plan: core.estimate_shifts(frames, p, upsample_factor=args.upsample), 1
+            )
+            core_runs[kind].append((seconds, shifts[:, :2]))
+    core_best = {kind: min(runs, key=lambda r: r[0]) for kind, runs in core_runs.items()}
+    print(
+        "per-frame overlap / fixed window, time ratio: "
+        f"{core_best['overlap'][0] / core_best['fixed'][0]:.2f}"
+    )
+
     rows = [
         (f"floor: batched rfft2/irfft2/argmax (batch {floor_batch})", floor_seconds, floor_shifts),
+        ("xreg core, fixed window (before issue 18)", *core_best["fixed"]),
+        ("xreg core, per-frame overlap (the default)", *core_best["overlap"]),
         (
             f"scikit-image phase_cross_correlation loop, up={args.upsample}",
             skimage_seconds,

@@ -162,7 +162,9 @@ def prepare_piecewise(
         block = reference[_block_slices(grid, index)]
         # A block with no contrast (flat background) cannot be matched: rigid fallback.
         if (block if rigid.clip is None else np.clip(block, *rigid.clip)).std() > 0:
-            plans.append(prepare_reference(block, max_shift=block_max_shift, clip=rigid.clip))
+            plans.append(
+                prepare_reference(block, max_shift=block_max_shift, clip=rigid.clip, overlap=False)
+            )
             ids.append(flat_id)
     return PiecewisePlan(rigid, grid, stack_plans(plans) if plans else None, tuple(ids))
 

@@ -408,6 +408,19 @@ class RunStore:
             if entry.rstrip("/").rsplit("/", 1)[-1] != RUN_FILE:
                 self.fs.rm(entry, recursive=True)
 
+    def remove_partial_writes(self) -> None:
+        """Remove objects a killed write left half done.
+
+        zarr's local store writes each object to ``<key>.<uuid>.partial`` and then
+        renames it; a run killed in between leaves that file (object stores write
+        whole objects, so this is for local stores only).
+        """
+        if "file" not in np.atleast_1d(self.fs.protocol):
+            return
+        for path in self.fs.find(self.root):
+            if path.endswith(".partial"):
+                self.fs.rm(path)
+
     def mark_done(self, index: int, table: np.ndarray) -> None:
         self.mapper[f"{DONE_PREFIX}{index}"] = json.dumps(table.tolist()).encode()
 
@@ -578,6 +591,7 @@ def run(
         state["stage"] = "writing"
         store.write_record(state)
 
+    store.remove_partial_writes()  # a resumed run's store holds no half-written object
     with _xarray_zarr_quietly():
         stored = xr.open_zarr(output, **zarr_options)["reference"].load()
     # The reference as stored: exact (float64), attrs included, so a resumed run

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.fft as sfft
+from scipy import ndimage
 from threadpoolctl import ThreadpoolController
 
 from ..errors import XregError
@@ -782,11 +783,14 @@ def _overlap_tables(reference, normalised, slopes, max_shift):
     # lookup in the summed-area table; summing the weights into the table once per
     # kind of corner (low or high end of each axis) leaves 2 ** ndim lookups in all.
     tables = np.empty((2**ndim,) + summed.shape, np.float32)
+    filtered = {(): summed}  # by the corner kinds of the axes filtered so far
     for index, corner in enumerate(itertools.product((0, 1), repeat=ndim)):
-        table = summed
-        for axis, high in enumerate(corner):
-            table = _ramp_filter(table, axis + 1, -1 if high else 1)
-        tables[index] = table
+        for axis in range(ndim):
+            if corner[: axis + 1] not in filtered:
+                filtered[corner[: axis + 1]] = _ramp_filter(
+                    filtered[corner[:axis]], axis + 1, -1 if corner[axis] else 1
+                )
+        tables[index] = filtered[corner]
     # Binned to at least _OVERLAP_MIN_SIZE px per axis, by 4 at most.
     factor = tuple(
         4 if n >= 4 * _OVERLAP_MIN_SIZE else 2 if n >= 2 * _OVERLAP_MIN_SIZE else 1
@@ -815,12 +819,12 @@ def _bin(frames, factor):
 def _ramp_filter(table, axis, direction):
     """``sum_j _RAMP_STEPS[j] * table[t + direction * j]`` along ``axis`` (clamped at
     the ends, which no box in use reaches)."""
-    size = table.shape[axis]
-    out = np.zeros_like(table)
-    for j, step in enumerate(_RAMP_STEPS):
-        index = np.clip(np.arange(size) + direction * j, 0, size - 1)
-        out += step * np.take(table, index, axis=axis)
-    return out
+    # correlate1d centres its weights: origin -/+ half puts weight j at t + j / t - j.
+    half = len(_RAMP_STEPS) // 2  # _OVERLAP_RAMP is even: an odd number of weights
+    weights = _RAMP_STEPS if direction > 0 else _RAMP_STEPS[::-1]
+    return ndimage.correlate1d(
+        table, weights, axis, mode="nearest", origin=-half if direction > 0 else half
+    )
 
 
 @functools.lru_cache(maxsize=256)

@@ -49,6 +49,7 @@ from ..errors import XregError
 
 __all__ = [
     "ReferencePlan",
+    "bin_frames",
     "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
@@ -750,7 +751,8 @@ def _finish(
 
 
 # The per-frame overlap estimate.  Frames smaller than this (per axis) keep the fixed
-# window; the integer search runs on frames binned 2 x along axes twice this long.
+# window; the integer search runs on frames binned by 2 along axes at least twice this
+# long, by 4 along axes at least four times this long.
 _OVERLAP_MIN_SIZE = 32
 # Integer shifts scored each side of the coarse guess (the search binned by up to 4 is
 # within two pixels of the peak), and pixels kept between the box and the reference's
@@ -797,23 +799,44 @@ def _overlap_tables(reference, normalised, slopes, max_shift):
         for n in normalised.shape
     )
     coarse = prepare_reference(
-        _bin(reference[None], factor)[0],
+        bin_frames(reference[None], factor)[0],
         max_shift=tuple(math.ceil(m / f) for m, f in zip(max_shift, factor, strict=True)),
         overlap=False,
     )
     return OverlapTables(tables=tables, coarse=coarse, factor=factor)
 
 
-def _bin(frames, factor):
-    """Mean of ``factor`` pixels per axis (the remainder cropped): frames (m, *shape)."""
-    # Axis by axis, a sum of strided views: a reshaped mean over the small axes, or
-    # one sum of all 2 ** ndim views, is several times slower.
-    for axis, f in enumerate(factor, start=1):
+def bin_frames(frames: np.ndarray, factor) -> np.ndarray:
+    """Frames block-averaged by ``factor`` (one int for every frame axis, or one per
+    axis), as float32, the remainder of each axis cropped.
+
+    A displacement of ``s`` binned pixels is one of ``factor * s`` pixels of the frame.
+    Strided sums, one axis at a time, accumulated in place: numpy reduces a short inner
+    axis several times slower.
+
+    Parameters
+    ----------
+    frames : numpy.ndarray
+        Shape ``(n, *shape)``.
+    factor : int or tuple of int
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    factors = np.broadcast_to(factor, (frames.ndim - 1,))
+    binned = frames.astype(np.float32, copy=False)
+    if np.prod(factors) == 1:
+        return binned
+    for axis, f in enumerate(factors, start=1):
         if f > 1:
-            n = frames.shape[axis] // f * f
-            views = [frames[(slice(None),) * axis + (slice(s, n, f),)] for s in range(f)]
-            frames = sum(views[1:], views[0])
-    return frames * np.float32(1 / np.prod(factor))
+            size = binned.shape[axis] // f
+            lead = (slice(None),) * axis
+            total = binned[lead + (slice(0, size * f, f),)].astype(np.float32)  # a copy
+            for k in range(1, f):
+                total += binned[lead + (slice(k, size * f, f),)]
+            binned = total
+    return binned / np.float32(np.prod(factors))
 
 
 def _ramp_filter(table, axis, direction):
@@ -850,7 +873,7 @@ def _estimate_overlap(frames, plan, upsample_factor):
     """Displacement and quality of single-reference ``frames`` (m, *shape), each
     compared over every pixel it shares with the reference.
 
-    An integer search on binned frames gives each frame's shift to within a pixel;
+    An integer search on binned frames gives each frame's shift to within two pixels;
     the frame is then weighted by the box of pixels whose content lies inside the
     reference at every shift within ``_OVERLAP_REACH + _STENCIL`` of that guess (less
     a guard band), the normalised score is evaluated there, and its peak refined as
@@ -870,7 +893,7 @@ def _estimate_overlap(frames, plan, upsample_factor):
     if plan.clip is not None:
         frames = np.clip(frames, *plan.clip)
     valid = frames if finite.all() else np.where(finite.reshape((-1,) + (1,) * ndim), frames, 0)
-    binned = _bin(valid, factor)
+    binned = bin_frames(valid, factor)
     coarse = _estimate_batch(binned[:, None], plan.overlap.coarse, 1)[:, 0, :ndim]
     guess = np.rint(coarse * factor).astype(np.int64)
     reach = _OVERLAP_REACH + _STENCIL

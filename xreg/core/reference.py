@@ -17,6 +17,7 @@ import numpy as np
 
 from .correlation import (
     _one_blas_thread,
+    bin_frames,
     clip_bounds,
     default_max_shift,
     estimate_shifts,
@@ -78,25 +79,6 @@ def _factor(shape, pixels: int) -> int:
     return factor
 
 
-def _bin(frames: np.ndarray, factor: int) -> np.ndarray:
-    """Frames block-averaged by ``factor`` along every frame axis (float32; edges cropped).
-
-    A displacement of ``s`` binned pixels is one of ``factor * s`` pixels of the frame.
-    Strided sums, one axis at a time: numpy reduces a short inner axis slowly.
-    """
-    binned = frames.astype(np.float32, copy=False)
-    if factor == 1:
-        return binned
-    for axis in range(1, frames.ndim):
-        size = binned.shape[axis] // factor
-        lead = (slice(None),) * axis
-        total = binned[lead + (slice(0, size * factor, factor),)].astype(np.float32)  # a copy
-        for k in range(1, factor):
-            total += binned[lead + (slice(k, size * factor, factor),)]
-        binned = total
-    return binned / np.float32(factor ** (frames.ndim - 1))
-
-
 def _seed_members(binned: np.ndarray) -> np.ndarray:
     """Indices of the group of frames that correlate best with one another (suite2p)."""
     flat = binned.reshape(len(binned), -1)
@@ -123,7 +105,7 @@ def seed_reference(frames: np.ndarray) -> np.ndarray:
     numpy.ndarray
         float64 frame.
     """
-    members = _seed_members(_bin(frames, _factor(frames.shape[1:], _SEED_PIXELS)))
+    members = _seed_members(bin_frames(frames, _factor(frames.shape[1:], _SEED_PIXELS)))
     return frames[members].astype(np.float64).mean(axis=0)
 
 
@@ -222,10 +204,10 @@ def build_reference(
     # frames binned down to about _COARSE_PIXELS (a displacement of s binned pixels is
     # one of factor * s pixels); the final average is taken of the full frames.
     factor = _factor(frames.shape[1:], _COARSE_PIXELS)
-    coarse = _bin(frames, factor) if factor > 1 else frames
+    coarse = bin_frames(frames, factor) if factor > 1 else frames
     finite = np.isfinite(coarse).all()
     filled = coarse if finite else np.where(np.isfinite(coarse), coarse, np.nanmean(coarse))
-    seed = _seed_members(_bin(filled, _factor(coarse.shape[1:], _SEED_PIXELS)))
+    seed = _seed_members(bin_frames(filled, _factor(coarse.shape[1:], _SEED_PIXELS)))
     reference = filled[seed].astype(np.float64).mean(axis=0)
     search = max_shift
     if factor > 1:

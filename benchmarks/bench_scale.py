@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -323,22 +324,11 @@ def register(client, source: str, output: str, options: dict | None, chunk: int 
 
 def spark_overhead(n_tasks: int = 500) -> dict | None:
     """Seconds per task of a local[2] Spark job of empty tasks, over a 2-task job."""
-    try:
-        import pyspark
-    except ImportError:
+    if importlib.util.find_spec("pyspark") is None:
         return None
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    conf = (
-        pyspark.SparkConf()
-        .setMaster("local[2]")
-        .setAppName("xreg-bench-scale")
-        .set("spark.ui.enabled", "false")
-        .set("spark.driver.host", "127.0.0.1")
-        .set("spark.driver.bindAddress", "127.0.0.1")
-        .set("spark.python.worker.reuse", "true")
-    )
-    sc = pyspark.SparkContext(conf=conf)
-    sc.setLogLevel("ERROR")
+    from bench_spark import local_spark
+
+    sc = local_spark("xreg-bench-scale", {"spark.python.worker.reuse": "true"})
     try:
         sc.parallelize(range(2), 2).map(lambda x: x).count()  # start the Python workers
         walls = {}

@@ -3,6 +3,7 @@
     python benchmarks/bench_scale.py [--frames 256] [--rounds 3] [--chunks 4000]
                                      [--overhead-rounds 2] [--check 2000] [--json scale.json]
     python benchmarks/bench_scale.py --summarise scale.json   # summary and model again
+    python benchmarks/bench_scale.py --check-only scale.json [--rounds 3] [--json check.json]
 
 1. Per frame, in this process on one thread, in memory, for 512 x 512 uint16 and
    float32 frames, rigid and piecewise (the four take turns): CPU seconds of the
@@ -26,6 +27,10 @@
       workers from local disk, which the model predicts from the same round's (a) and (b).
 
 5. The model for 1 TB (docs/SCALING.md), from the figures above.
+
+``--check-only`` repeats only the model's check (4a's 2-worker disk run as calibration,
+then 4c, in turns) with the overhead runs of an earlier full run's JSON: minutes
+instead of half an hour, for a machine that is quiet only for a while.
 
 The machine may be shared with other jobs: everything compared is measured in one run,
 in turns, and each round's prediction uses that round's calibration.
@@ -512,6 +517,55 @@ def summarise(runs: dict, check: list, n_check: int) -> dict:
     return out
 
 
+def check_only(args) -> None:
+    """The model's check alone: in each round the calibrating run, then the check."""
+    from distributed import Client, LocalCluster
+
+    earlier = json.loads(args.check_only.read_text())["runs"]
+    small, big = earlier["tiny small"][-1], earlier["tiny big"][-1]
+    figures = {"argv": sys.argv[1:], "load_average_at_start": os.getloadavg()}
+    base = render()
+    with contextlib.ExitStack() as stack:
+        folder = Path(tempfile.mkdtemp(prefix="xreg-bench-check-"))
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+        cluster = stack.enter_context(
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+        )
+        client = stack.enter_context(Client(cluster, set_as_default=False))
+        inputs = {"disk 2": folder / "in.zarr", "check": folder / "check-in.zarr"}
+        io.to_zarr(tiled(base, args.frames).to_dataset(), inputs["disk 2"], mode="w")
+        io.to_zarr(tiled(base, args.check).to_dataset(), inputs["check"], mode="w")
+        register(client, str(inputs["disk 2"]), str(folder / "out.zarr"), None)  # warm-up
+        runs, check = {"disk 2": [], "check": []}, []
+        for round_ in range(args.rounds):
+            for name, source in inputs.items():
+                runs[name].append(register(client, str(source), str(folder / "out.zarr"), None))
+            model_inputs = calibrate(runs["disk 2"][-1], small, big)
+            predicted = predict(args.check, 2, model_inputs)
+            check.append(
+                {"inputs": model_inputs, "predicted": predicted, "measured": runs["check"][-1]}
+            )
+            print(
+                f"round {round_ + 1} check: predicted {predicted['wall_s']:.1f} s, measured "
+                f"{runs['check'][-1]['wall_s']:.1f} s "
+                f"({runs['check'][-1]['wall_s'] / predicted['wall_s'] - 1:+.0%})",
+                flush=True,
+            )
+    runs.update({"tiny small": [small], "tiny big": [big]})
+    figures.update(runs=runs, check_rounds=check, load_average_at_end=os.getloadavg())
+    figures["summary"] = summarise(runs, check, args.check)
+    print(
+        json.dumps(
+            {k: figures["summary"][k] for k in ("check_rounds", "check_min", "check_median")},
+            indent=1,
+        )
+    )
+    start, end = figures["load_average_at_start"], figures["load_average_at_end"]
+    print(f"load average: start {start}, end {end}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=256, help="frames of the throughput runs")
@@ -538,9 +592,15 @@ def main():
     parser.add_argument(
         "--summarise", type=Path, help="recompute the summary and model from a --json file"
     )
+    parser.add_argument(
+        "--check-only", type=Path, help="only the check, with the overhead runs of a --json file"
+    )
     args = parser.parse_args()
     if args.memory_case:
         memory_case(*args.memory_case)
+        return
+    if args.check_only:
+        check_only(args)
         return
     if args.summarise:
         figures = json.loads(args.summarise.read_text())

@@ -62,6 +62,9 @@ __all__ = [
 # Frames per FFT batch: large enough to amortise Python overhead, small enough that
 # a batch's complex spectra stay in cache-friendly sizes (about 16 MB at 512x512).
 _TARGET_BATCH_PIXELS = 4 * 1024 * 1024
+# Spectrum entries per item above which a stack of per-item matrix products beats one
+# product over a copy of the whole batch (and below which their overhead dominates).
+_LARGE_ITEM = 16 * 1024
 _TINY = 1e-12
 # Half-width of the stencil that interpolates the local energy between integer
 # shifts (2: quartic), and hence the extra pixels its window keeps each side.
@@ -250,10 +253,17 @@ def _correlate_window(spectrum, shape, half_widths, workers=1):
         if len(index) < 4 * math.log2(size):
             # Few shifts (block searches): a matrix DFT is cheaper than the whole FFT.
             matrix = np.exp(2j * np.pi * np.outer(index, np.arange(size)) / size) / size
+            matrix = matrix.astype(np.complex64)
+            inner = math.prod(out.shape[axis + 1 :])
+            if axis == spectrum.ndim - 2 and size * inner >= _LARGE_ITEM:
+                # Large items (whole frames): one product per item, in place, saves
+                # the copy that moving the axis to the front makes.
+                out = matrix @ out
+                continue
             # One matrix product over every item at once: a stack of small products
             # (numpy's broadcasting matmul) ran 10-100 x slower, worst on a busy machine.
             moved = np.moveaxis(out, axis, 0)
-            product = matrix.astype(np.complex64) @ moved.reshape(size, -1)
+            product = matrix @ moved.reshape(size, -1)
             out = np.moveaxis(product.reshape((len(index),) + moved.shape[1:]), 0, axis)
         else:
             out = sfft.ifft(out, axis=axis, workers=workers, overwrite_x=out is not spectrum)
@@ -440,9 +450,11 @@ def _local_energy(weight_spectrum, weight_sum, conj_ref, conj_ref_sq, conj_ref_s
     return energy, np.stack(slopes, axis=-ndim - 1)
 
 
-def _batches(n, frame_size):
-    """Slices of about _TARGET_BATCH_PIXELS each, of equal size (no small remainder)."""
+def _batches(n, frame_size, workers=1):
+    """Slices of about _TARGET_BATCH_PIXELS each, of equal size (no small remainder),
+    as many as a multiple of ``workers`` (so that no thread waits alone on the last)."""
     count = math.ceil(n * max(frame_size, 1) / _TARGET_BATCH_PIXELS)
+    count = min(n, math.ceil(count / workers) * workers)
     bounds = np.linspace(0, n, count + 1).round().astype(int)
     return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -505,7 +517,8 @@ def estimate_shifts(
         return _estimate_whole_frame(frames, plan, upsample_factor, workers)
     items = frames if plan.stacked else frames[:, None]
     out = np.zeros(items.shape[:2] + (plan.ndim + 1,))
-    batches = _batches(len(items), int(np.prod(items.shape[1:])))
+    workers = _workers(workers)
+    batches = _batches(len(items), int(np.prod(items.shape[1:])), workers)
 
     def run(batch):
         if plan.overlap is not None and upsample_factor > 1:
@@ -584,7 +597,7 @@ def map_threads(function, items, workers: int | None = None) -> None:
     items : sequence
     workers : int, optional
     """
-    workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
+    workers = _workers(workers)
     # One BLAS thread always: our threads already use every core (BLAS threads on top
     # only contend), and a threaded matrix product sums in another order, so the
     # subpixel result would depend on ``workers`` in its last bits.
@@ -595,6 +608,11 @@ def map_threads(function, items, workers: int | None = None) -> None:
             return
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(function, items))
+
+
+def _workers(workers):
+    """Threads to use: ``workers``, or all cores if None."""
+    return (os.cpu_count() or 1) if workers is None else max(1, int(workers))
 
 
 _BLAS = []  # the ThreadpoolController, made once (it costs ms; using it costs us)
@@ -883,19 +901,11 @@ def _estimate_overlap(frames, plan, upsample_factor):
     scored shifts) take the fixed window's path.
     """
     ndim, shape = plan.ndim, np.asarray(plan.shape)
-    tables, factor = plan.overlap.tables, plan.overlap.factor
+    tables = plan.overlap.tables
     original = frames
     frames = frames.astype(np.float32, copy=False)
     m = len(frames)
-    # A NaN or inf anywhere makes the sum non-finite (as may a float32 overflow: such
-    # frames merely take the fixed window's path).
-    finite = np.isfinite(frames.reshape(m, -1).sum(axis=1))
-    if plan.clip is not None:
-        frames = np.clip(frames, *plan.clip)
-    valid = frames if finite.all() else np.where(finite.reshape((-1,) + (1,) * ndim), frames, 0)
-    binned = bin_frames(valid, factor)
-    coarse = _estimate_batch(binned[:, None], plan.overlap.coarse, 1)[:, 0, :ndim]
-    guess = np.rint(coarse * factor).astype(np.int64)
+    finite, guess = _overlap_guesses(frames, plan)
     reach = _OVERLAP_REACH + _STENCIL
     low = np.maximum(guess, 0) + reach + _OVERLAP_GUARD
     high = shape - np.maximum(-guess, 0) - reach - _OVERLAP_GUARD
@@ -905,27 +915,9 @@ def _estimate_overlap(frames, plan, upsample_factor):
     n = len(picked)
     if n:
         low, high, guess = low[picked], high[picked], guess[picked]
-        centred = np.zeros((n, *plan.shape), np.float32)
-        mean, frame_energy, weight_sum = np.empty(n), np.empty(n), np.empty(n)
-        for i, frame in enumerate(frames[picked]):
-            box = tuple(slice(a, b) for a, b in zip(low[i], high[i], strict=True))
-            profiles = [_ramp_profile(b - a) for a, b in zip(low[i], high[i], strict=True)]
-            inside = np.array(frame[box])  # contiguous: the products below are BLAS dots
-            weight = profiles[0]
-            for profile in profiles[1:]:
-                weight = np.multiply.outer(weight, profile)
-            weight_sum[i] = np.prod([p.sum(dtype=np.float64) for p in profiles])
-            mean[i] = np.dot(weight.ravel(), inside.ravel()) / weight_sum[i]
-            # Moved back by the guess (exact: the correlation is circular; the box never
-            # wraps), every frame's peak is near zero: one small window of shifts for all.
-            moved = tuple(
-                slice(a - g, b - g) for a, b, g in zip(low[i], high[i], guess[i], strict=True)
-            )
-            inside -= np.float32(mean[i])
-            item = inside * weight
-            # sum w (f - mean) f = sum w (f - mean) ** 2: the weighted mean is removed.
-            frame_energy[i] = np.dot(item.ravel(), inside.ravel())
-            centred[i][moved] = item
+        centred, mean, frame_energy, weight_sum = _centred_boxes(
+            frames, picked, low, high, guess, plan.clip
+        )
         cross = sfft.rfftn(centred, axes=tuple(range(1, ndim + 1)), workers=1)
         cross *= plan.conj_ref
         numerator = _correlate_window(cross, plan.shape, (_OVERLAP_REACH,) * ndim)
@@ -965,6 +957,76 @@ def _estimate_overlap(frames, plan, upsample_factor):
         rest = ~usable
         out[rest] = _estimate_batch(original[rest][:, None], plan, upsample_factor)[:, 0]
     return out
+
+
+def _overlap_guesses(frames, plan):
+    """Which float32 ``frames`` are finite, and each one's displacement in whole
+    pixels from the integer search on frames binned by ``plan.overlap.factor``.
+
+    Frame by frame (clipped into one buffer, then binned) so that no copy of the
+    whole batch is made: the work stays in cache.
+    """
+    factor = plan.overlap.factor
+    finite = np.zeros(len(frames), bool)
+    binned = np.zeros(
+        (len(frames), *(n // f for n, f in zip(plan.shape, factor, strict=True))), np.float32
+    )
+    clipped = None if plan.clip is None else np.empty(plan.shape, np.float32)
+    for i, frame in enumerate(frames):
+        # A NaN or inf anywhere makes the sum non-finite (as may a float32 overflow: such
+        # frames merely take the fixed window's path).
+        finite[i] = np.isfinite(frame.sum())
+        if finite[i]:
+            if clipped is not None:
+                frame = np.clip(frame, *plan.clip, out=clipped)
+            binned[i] = bin_frames(frame[None], factor)[0]
+    coarse = _estimate_batch(binned[:, None], plan.overlap.coarse, 1)[:, 0, : plan.ndim]
+    return finite, np.rint(coarse * factor).astype(np.int64)
+
+
+def _centred_boxes(frames, picked, low, high, guess, clip):
+    """Frames ``picked`` weighted by their ramped box ``[low, high)`` and moved back by
+    ``guess``: ``w * (f - mean_w(f))`` in zeros (n, *shape), with each one's weighted
+    mean, energy ``sum w (f - mean) ** 2`` and weight sum.
+
+    The box's weight is the outer product of one ramped profile per axis, so its sums
+    are matrix-vector products, and it differs from 1 only in ``_OVERLAP_RAMP``-pixel
+    slabs at the faces: each frame is read a few times, and no weight array is made.
+    """
+    n, ndim = len(picked), frames.ndim - 1
+    centred = np.zeros((n, *frames.shape[1:]), np.float32)
+    squares = np.empty(frames.shape[1:], np.float32)
+    mean, frame_energy, weight_sum = np.empty(n), np.empty(n), np.empty(n)
+    for i, index in enumerate(picked):
+        box = tuple(slice(a, b) for a, b in zip(low[i], high[i], strict=True))
+        profiles = [_ramp_profile(b - a) for a, b in zip(low[i], high[i], strict=True)]
+        # Moved back by the guess (exact: the correlation is circular; the box never
+        # wraps), every frame's peak is near zero: one small window of shifts for all.
+        moved = tuple(
+            slice(a - g, b - g) for a, b, g in zip(low[i], high[i], guess[i], strict=True)
+        )
+        item = centred[i][moved]
+        if clip is None:
+            item[...] = frames[index][box]
+        else:
+            np.clip(frames[index][box], *clip, out=item)
+        weight_sum[i] = np.prod([p.sum(dtype=np.float64) for p in profiles])
+        mean[i] = _profile_sum(item, profiles) / weight_sum[i]
+        item -= np.float32(mean[i])
+        frame_energy[i] = _profile_sum(np.square(item, out=squares[box]), profiles)
+        for axis, profile in enumerate(profiles):
+            for face in (slice(None, _OVERLAP_RAMP), slice(-_OVERLAP_RAMP, None)):
+                slab = (slice(None),) * axis + (face,)
+                item[slab] *= profile[face].reshape((-1,) + (1,) * (ndim - axis - 1))
+    return centred, mean, frame_energy, weight_sum
+
+
+def _profile_sum(array, profiles):
+    """``sum array * outer(*profiles)``, one axis at a time from the last (BLAS
+    matrix-vector products on the strided view), in float64 at the end."""
+    for profile in profiles[:0:-1]:
+        array = array @ profile
+    return float(np.dot(array.astype(np.float64), profiles[0]))
 
 
 def _around_peaks(energy, peak_index, count):

@@ -96,6 +96,25 @@ def test_a_run_with_other_settings_is_not_resumed(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+def test_order_moves_frames_as_apply_does_and_is_part_of_the_run(tmp_path, capsys):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    _, moved, _ = make_store(source, n_frames=30)
+    reference = tmp_path / "ref.npy"
+    np.save(reference, moved.mean("time").values)
+    assert run("register", source, output, "--reference", reference, "--order", 3, "--quiet") == 0
+    fixed = open_output(output)["movie"].values
+    shifts = moved.reg.estimate(moved.mean("time"))
+    np.testing.assert_array_equal(fixed, moved.reg.apply(shifts, order=3).values)
+    assert not np.array_equal(fixed, moved.reg.apply(shifts).values)  # not the linear default
+    # A run resumes only with the order it started with.
+    assert run("register", source, output, "--reference", reference, "--order", 1, "--quiet") == 2
+    assert "other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused before any work
+        run("register", source, tmp_path / "other.zarr", "--order", 7)
+    assert exit_info.value.code == 2 and "from 0 to 5" in capsys.readouterr().err
+    assert not (tmp_path / "other.zarr").exists()
+
+
 def test_register_and_estimate_piecewise(tmp_path, capsys):
     source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
     still = xreg.datasets.mouse(n_frames=12, shape=(96, 96), seed=1)

@@ -225,6 +225,13 @@ def _parser() -> argparse.ArgumentParser:
     common(register)
     register.add_argument("output", help="the Zarr store to create")
     register.add_argument(
+        "--order",
+        type=_checked(lambda value: validate.interpolation(value, "nearest")[0]),
+        default=1,
+        help="spline order that moves the frames: 0 nearest, 1 linear (default, as "
+        "`.reg.apply`), 3 cubic (keeps more detail, costs more)",
+    )
+    register.add_argument(
         "--compression",
         choices=COMPRESSIONS,
         default=COMPRESSIONS[0],
@@ -336,6 +343,7 @@ def _settings(args) -> dict:
         "chunk_frames": args.chunk_frames,
         "compression": args.compression,
         "scan_phase": args.scan_phase,
+        "order": args.order,
         # Every estimator setting, so that a run made with other settings is not resumed.
         "estimate": options,
     }
@@ -370,6 +378,7 @@ def run_register(args, runner=None) -> int:
             estimate_options=_estimate_options(args),
             overwrite=args.overwrite,
             compression=args.compression,
+            order=args.order,
             progress=update,
             storage_options=options,
             runner=runner,

@@ -503,6 +503,7 @@ def run(
     estimate_options: dict | None = None,
     overwrite: bool = False,
     compression: str = "auto",
+    order: int = 1,
     progress: Callable[[int], None] | None = None,
     storage_options: dict | None = None,
     runner: Callable | None = None,
@@ -531,6 +532,9 @@ def run(
     compression : {"auto", "zstd", "lz4", "none"}, default "auto"
         Of the registered movie: Blosc (level 1, byte shuffle) with zstd or lz4, or
         none; ``auto`` is zstd for integer movies and none for float ones.
+    order : int
+        Spline order that moves the frames back (0..5; 1, linear, by default, as
+        :meth:`xreg.accessor.RegAccessor.apply`).
     progress : callable, optional
         ``progress(frames)``: called first with the frames already done (0 on a fresh
         run, all of them on a finished store), then as chunks are written.
@@ -566,6 +570,7 @@ def run(
     import zarr
 
     compression = validate.choice(compression, "compression", COMPRESSIONS)
+    order = validate.interpolation(order, "nearest")[0]  # before the reference is built
     report = progress or (lambda frames: None)
     spatial_dims = (estimate_options or {}).get("spatial_dims")
     chosen = choose_channel(movie, channel, spatial_dims=spatial_dims)
@@ -598,7 +603,7 @@ def run(
         stored = xr.open_zarr(output, **zarr_options)["reference"].load()
     # The reference as stored: exact (float64), attrs included, so a resumed run
     # prepares the same plan.
-    step = prepare(movie, stored, channel=chosen, **(estimate_options or {}))
+    step = prepare(movie, stored, order=order, channel=chosen, **(estimate_options or {}))
     done = store.done()
     report(int(sum(sizes[i] for i in done)))
     todo = [i for i in range(len(sizes)) if i not in done]

@@ -331,9 +331,9 @@ def spark_overhead(n_tasks: int = 500) -> dict | None:
     """Seconds per task of a local[2] Spark job of empty tasks, over a 2-task job."""
     if importlib.util.find_spec("pyspark") is None:
         return None
-    from bench_spark import local_spark
+    from xreg.spark import local_context
 
-    sc = local_spark("xreg-bench-scale", {"spark.python.worker.reuse": "true"})
+    sc = local_context("xreg-bench-scale", settings={"spark.python.worker.reuse": "true"})
     try:
         sc.parallelize(range(2), 2).map(lambda x: x).count()  # start the Python workers
         walls = {}

@@ -11,8 +11,6 @@ re-runs the estimate on an RDD already cached on the executors.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
@@ -20,27 +18,6 @@ import xarray as xr
 from scipy import ndimage
 
 import xreg
-
-
-def local_spark(app_name: str, settings: dict | None = None):
-    """A SparkContext on local[2], bound to 127.0.0.1 without its web UI, whose Python
-    workers run this interpreter; ``settings``: more Spark options."""
-    import pyspark
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    conf = (
-        pyspark.SparkConf()
-        .setMaster("local[2]")
-        .setAppName(app_name)
-        .set("spark.ui.enabled", "false")
-        .set("spark.driver.host", "127.0.0.1")
-        .set("spark.driver.bindAddress", "127.0.0.1")
-    )
-    for key, value in (settings or {}).items():
-        conf.set(key, value)
-    sc = pyspark.SparkContext(conf=conf)
-    sc.setLogLevel("ERROR")
-    return sc
 
 
 def main():
@@ -67,7 +44,7 @@ def main():
     dask_shifts = lazy.reg.estimate(reference)
     dask_seconds = time.perf_counter() - start
 
-    sc = local_spark("xreg-bench", {"spark.driver.memory": "4g"})
+    sc = xspark.local_context("xreg-bench", settings={"spark.driver.memory": "4g"})
     try:
         rdd = xspark.to_rdd(movie, sc, npartitions=8)
         xspark.estimate(sc.parallelize(rdd.take(4), 2), reference)  # start the workers

@@ -104,23 +104,11 @@ class ChunkReads:
 @pytest.fixture(scope="session")
 def spark_context():
     """A real local Spark: 2 cores, and up to 4 attempts per task (local[N, maxFailures])."""
-    import os
-    import sys
+    from xreg import spark  # the `spark` extra, which `make test` installs
 
-    import pyspark  # the `spark` extra, which `make test` installs
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    conf = (
-        pyspark.SparkConf()
-        .setMaster("local[2,4]")
-        .setAppName("xreg-tests")
-        .set("spark.ui.enabled", "false")
-        .set("spark.driver.host", "127.0.0.1")
-        .set("spark.driver.bindAddress", "127.0.0.1")
-        .set("spark.python.worker.reuse", "true")
+    context = spark.local_context(
+        "xreg-tests", attempts=4, settings={"spark.python.worker.reuse": "true"}
     )
-    context = pyspark.SparkContext(conf=conf)
-    context.setLogLevel("ERROR")
     yield context
     context.stop()
 

@@ -41,9 +41,55 @@ __all__ = [
     "estimate",
     "from_rdd",
     "from_zarr",
+    "local_context",
     "scan_phase",
     "to_rdd",
 ]
+
+
+def local_context(app_name: str = "xreg", *, cores: int = 2, attempts: int = 1, settings=None):
+    """A SparkContext on this machine whose Python workers run this interpreter.
+
+    For notebooks, tests and benchmarks: Spark starts its Python workers with
+    ``PYSPARK_PYTHON`` (set here to this interpreter unless already set), so that they
+    import the same xreg and numpy as the driver.
+
+    Parameters
+    ----------
+    app_name : str
+        Spark's application name.
+    cores : int
+        Worker threads (``local[cores]``).
+    attempts : int
+        Attempts per task; Spark's local master never retries a failed task unless
+        asked (``local[cores, attempts]``).
+    settings : dict, optional
+        More Spark settings, e.g. ``{"spark.driver.memory": "4g"}``.
+
+    Returns
+    -------
+    pyspark.SparkContext
+        Bound to 127.0.0.1 without its web UI; stop it with ``sc.stop()``.
+    """
+    import os
+    import sys
+
+    cores = validate.whole(cores, "cores", minimum=1)
+    attempts = validate.whole(attempts, "attempts", minimum=1)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    conf = (
+        pyspark.SparkConf()
+        .setMaster(f"local[{cores},{attempts}]" if attempts > 1 else f"local[{cores}]")
+        .setAppName(app_name)
+        .set("spark.ui.enabled", "false")
+        .set("spark.driver.host", "127.0.0.1")
+        .set("spark.driver.bindAddress", "127.0.0.1")
+    )
+    for key, value in (settings or {}).items():
+        conf.set(key, value)
+    context = pyspark.SparkContext(conf=conf)
+    context.setLogLevel("ERROR")
+    return context
 
 
 def _key(key) -> int:

@@ -907,8 +907,12 @@ def _estimate_overlap(frames, plan, upsample_factor):
     m = len(frames)
     finite, guess = _overlap_guesses(frames, plan)
     reach = _OVERLAP_REACH + _STENCIL
-    low = np.maximum(guess, 0) + reach + _OVERLAP_GUARD
-    high = shape - np.maximum(-guess, 0) - reach - _OVERLAP_GUARD
+    # The box keeps _OVERLAP_GUARD px inside the reference at every shift scored, and
+    # reaches the frame's own edge wherever the reference lies beyond it there (the
+    # frame is not interpolated: its edge needs no guard).
+    margin = reach + _OVERLAP_GUARD
+    low = np.maximum(guess + margin, 0)
+    high = np.minimum(shape + guess - margin, shape)
     usable = finite & np.all(high - low >= _OVERLAP_MIN_SIZE // 2, axis=1)
     out = np.empty((m, ndim + 1))
     picked = np.nonzero(usable)[0]

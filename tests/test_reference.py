@@ -128,3 +128,38 @@ def test_reference_without_the_final_shifts_is_the_same_image():
     alone, none = core.build_reference(frames, iterations=2, return_shifts=False)
     np.testing.assert_array_equal(alone, with_shifts)
     assert none is None and shifts.shape == (40, 3)
+
+
+@pytest.mark.parametrize("shape", [(40, 52), (12, 14, 16)])
+def test_average_of_moved_frames_counts_only_pixels_from_inside(shape):
+    """The reference's average: each frame moved back (linear interpolation), each
+    pixel averaged over the frames whose value there came from inside the frame and
+    is finite; checked against moving whole frames with `shift_frames` and masking."""
+    from xreg.core.reference import _average_registered
+
+    rng = np.random.default_rng(5)
+    frames = rng.normal(100, 10, (30,) + shape).astype(np.float32)
+    frames[4, 3:6] = np.nan
+    frames[9][np.unravel_index(17, shape)] = np.inf
+    shifts = rng.uniform(-6, 6, (30, len(shape)))
+    shifts[2] = np.round(shifts[2])  # whole pixels
+    shifts[3] = 0
+    shifts[5, 0] = shape[0] + 1  # moved out of the frame entirely
+    index = rng.permutation(30)[:24]
+
+    moved = core.shift_frames(frames[index], shifts[: len(index)], order=1)
+    valid = np.isfinite(moved)
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    for k, shift in enumerate(shifts[: len(index)]):
+        for grid, size, amount in zip(grids, shape, shift, strict=True):
+            valid[k] &= (grid + amount >= 0) & (grid + amount <= size - 1)
+    total = np.where(valid, moved, 0).sum(axis=0, dtype=np.float64)
+    count = valid.sum(axis=0)
+    expected = total / count
+
+    average = _average_registered(frames, shifts[: len(index)], index, workers=2)
+    covered = count > 0
+    np.testing.assert_allclose(average, expected, rtol=1e-12)
+    assert covered.all()  # (frame 3 is not moved)
+    # The same sums on any number of threads.
+    np.testing.assert_array_equal(average, _average_registered(frames, shifts[:24], index, 1))

@@ -25,13 +25,13 @@ from .correlation import (
     prepare_reference,
 )
 from .series import flag_bad_frames
-from .shift import shift_frames
 
 __all__ = ["build_reference", "sample_indices"]
 
 _SEED_GROUP = 20  # frames averaged for the seed, as in suite2p
 _SEED_PIXELS = 128 * 128  # frames are binned down to about this size for the seed
 _COARSE_PIXELS = 128 * 128  # ... and for the register-and-average rounds
+_SAMPLE_SPREAD = 2  # a chunked movie's sample comes from chunks holding this many times it
 
 
 def sample_indices(n_total: int, n_frames: int, chunks=None) -> np.ndarray:
@@ -62,7 +62,7 @@ def sample_indices(n_total: int, n_frames: int, chunks=None) -> np.ndarray:
     sizes = np.asarray(chunks, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     # At least the first and the last chunk, so that the sample spans the movie.
-    wanted = max(2, -(-2 * n_frames // max(int(np.median(sizes)), 1)))
+    wanted = max(2, int(np.ceil(_SAMPLE_SPREAD * n_frames / max(int(np.median(sizes)), 1))))
     chosen = np.unique(np.linspace(0, len(sizes) - 1, wanted).round().astype(np.int64))
     touched = np.unique(np.searchsorted(starts, even, side="right") - 1)
     if sizes[chosen].sum() >= sizes[touched].sum():
@@ -109,43 +109,88 @@ def seed_reference(frames: np.ndarray) -> np.ndarray:
     return frames[members].astype(np.float64).mean(axis=0)
 
 
-def _along(size: int, amounts: np.ndarray) -> np.ndarray:
-    """Per frame, the pixels along one axis whose value, moved by ``-amount``, came
-    from inside the frame: ``(n, size)`` bool."""
-    source = np.arange(size) + amounts[:, None]
-    return (source >= 0) & (source <= size - 1)
+def _moved_inside(frame: np.ndarray, shift) -> tuple[np.ndarray, tuple] | None:
+    """``frame`` moved by ``shift`` (linear interpolation, as :func:`shift_frames`),
+    only where every sample came from inside the frame: the values and the region
+    of the output they fill (None if none did).  Slices, no gathers: a whole pixel
+    of shift is an offset, a fraction a blend of two neighbouring slices."""
+    region = []
+    for axis, amount in enumerate(shift):
+        size = frame.shape[axis]
+        whole = int(np.floor(amount))
+        fraction = amount - whole
+        # Output pixel x reads x + amount: inside if 0 <= x + amount <= size - 1.
+        start, stop = max(0, -whole), min(size, size - whole - (fraction > 0))
+        if stop <= start:
+            return None
+        lead = (slice(None),) * axis
+        low = frame[lead + (slice(start + whole, stop + whole),)]
+        if fraction > 0:
+            high = frame[lead + (slice(start + whole + 1, stop + whole + 1),)]
+            frame = np.subtract(high, low)  # then in place: fewer fresh buffers
+            frame *= np.float32(fraction)
+            frame += low
+        else:
+            frame = low
+        region.append(slice(start, stop))
+    return frame, tuple(region)
 
 
-_AVERAGE_BATCH = 16  # frames moved at a time: a few MB, and the same sums on any machine
+def _count_regions(regions, shape) -> np.ndarray:
+    """How many of the boxes ``regions`` (tuples of slices) cover each pixel.
+
+    A box is an outer product of one interval per axis, so the count is a matrix
+    product of the intervals' indicators: exact (whole numbers), and far cheaper
+    than adding each box.
+    """
+    if not regions:
+        return np.zeros(shape)
+    inside = []
+    for axis, size in enumerate(shape):
+        rows = np.zeros((len(regions), size))
+        for row, region in zip(rows, regions, strict=True):
+            row[region[axis]] = 1
+        inside.append(rows)
+    rest = inside[-1]
+    for rows in reversed(inside[1:-1]):
+        rest = (rows[:, :, None] * rest[:, None, :]).reshape(len(regions), -1)
+    return (inside[0].T @ rest).reshape(shape)
+
+
+_AVERAGE_BATCH = 16  # frames summed per task: the same sums on any number of threads
 
 
 def _average_registered(frames, shifts, index=None, workers=None):
     """Mean of ``frames[index]`` moved by ``shifts``, counting only pixels that stayed inside.
 
     Linear interpolation: fast, and its slight smoothing averages out over frames
-    with different fractional shifts.  A few frames at a time, on ``workers`` threads,
-    to keep memory flat; the batches' sums are added in order, so the result does not
-    depend on the threads.
+    with different fractional shifts; non-finite pixels are left out.  A few frames
+    per task, on ``workers`` threads; the tasks' sums are added in order, so the
+    result does not depend on the threads.
     """
     index = np.arange(len(frames)) if index is None else np.asarray(index)
     shape = frames.shape[1:]
-    batches = [slice(i, i + _AVERAGE_BATCH) for i in range(0, len(index), _AVERAGE_BATCH)]
+    batches = [
+        range(i, min(i + _AVERAGE_BATCH, len(index))) for i in range(0, len(index), _AVERAGE_BATCH)
+    ]
     sums = [None] * len(batches)
 
     def add(number):
-        batch = batches[number]
-        chunk = frames[index[batch]].astype(np.float32, copy=False)
-        moved = shift_frames(chunk, shifts[batch], order=1)
-        # Inside the frame along every axis (a separable mask), and finite.
-        valid = np.ones(moved.shape, bool)
-        for axis, size in enumerate(shape):
-            along = _along(size, shifts[batch, axis])
-            valid &= along.reshape(
-                along.shape[:1] + (1,) * axis + (size,) + (1,) * (len(shape) - axis - 1)
-            )
-        valid &= np.isfinite(moved)
-        moved[~valid] = 0
-        sums[number] = (moved.sum(axis=0, dtype=np.float64), valid.sum(axis=0))
+        total, count = np.zeros(shape), np.zeros(shape)
+        regions = []  # of the frames with every value finite: counted at once, below
+        for i in batches[number]:
+            moved = _moved_inside(np.asarray(frames[index[i]], dtype=np.float32), shifts[i])
+            if moved is None:
+                continue
+            values, region = moved
+            if np.isfinite(values.sum()):  # one pass, no mask (an overflow only costs time)
+                total[region] += values
+                regions.append(region)
+            else:
+                finite = np.isfinite(values)
+                total[region] += np.where(finite, values, 0)
+                count[region] += finite
+        sums[number] = total, count + _count_regions(regions, shape)
 
     map_threads(add, range(len(batches)), workers)
     total, count = np.zeros(shape), np.zeros(shape)

@@ -1,7 +1,9 @@
 """Out of core: `xreg register` against the in-memory API path and the I/O floor.
 
     python benchmarks/bench_pipeline.py [--frames 600] [--rounds 2] [--memory-frames 4000]
-                                        [--folder DIR]  (keeps the input store there for reruns)
+                                        [--folder DIR]  (keeps the input stores there for reruns)
+
+`--rounds 0 --memory-frames N` measures only the peak memory.
 
 A 512 x 512 float32 movie with known drift (uncompressed Zarr, 100-frame chunks) is
 registered, in turns within one run (so that a slow spell of the shared machine hits
@@ -108,6 +110,55 @@ def peak_memory(source: Path, output: Path) -> tuple[float, float]:
     return seconds, int(result.stderr.strip().splitlines()[-1]) / 1024**2  # KiB -> GiB
 
 
+def ensure_store(source: Path, n_frames: int) -> None:
+    """Generate the ``n_frames`` store at ``source`` unless it is there already."""
+    truth_file = source / "truth.npy"
+    if not (truth_file.exists() and len(np.load(truth_file)) == n_frames):
+        shutil.rmtree(source, ignore_errors=True)  # (a --folder's store is kept)
+        # In a child process, so this one stays small.
+        subprocess.run(
+            [sys.executable, __file__, "--generate", str(source), "--frames", str(n_frames)],
+            check=True,
+        )
+
+
+def rounds(args, source: Path, output: Path) -> None:
+    """The paths in turns, the table, the reference's share and the accuracy."""
+    times = {name: [] for name in PATHS}
+    for round_ in range(args.rounds):
+        for name, path in PATHS.items():
+            shutil.rmtree(output, ignore_errors=True)
+            start = time.perf_counter()
+            path(source, output)
+            times[name].append(time.perf_counter() - start)
+            print(f"round {round_ + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
+    truth = np.load(source / "truth.npy")
+    xreg_main(["register", str(source), str(output), "--quiet", "--overwrite"])
+    error = io.read_displacement(output).values - truth
+    error -= np.median(error, axis=0)
+    rms = float(np.sqrt(np.mean(error**2)))
+
+    best = {name: min(seconds) for name, seconds in times.items()}
+    rate = {name: args.frames / s for name, s in best.items()}
+    names = list(PATHS)
+    print()
+    print(f"{args.frames} frames of 512 x 512 float32, {args.rounds} rounds in turns")
+    print()
+    print("| path | best s | frames/s | x in-memory | x I/O floor |")
+    print("|---|---:|---:|---:|---:|")
+    for name in names[:4]:
+        print(
+            f"| {name} | {best[name]:.1f} | {rate[name]:.0f} "
+            f"| {rate[name] / rate[names[2]]:.2f} | {rate[name] / rate[names[3]]:.2f} |"
+        )
+    print()
+    share = best[names[4]] / best[names[0]]
+    print(
+        f"reference(): {best[names[4]]:.1f} s, {100 * share:.0f} % of the register run; "
+        f"RMS error of `xreg register` against the truth: {rms:.3f} px"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=600)
@@ -122,55 +173,12 @@ def main():
     folder.mkdir(parents=True, exist_ok=True)
     source, output = folder / "movie.zarr", folder / "out.zarr"
     try:
-        truth_file = source / "truth.npy"
-        if not (truth_file.exists() and len(np.load(truth_file)) == args.frames):
-            shutil.rmtree(source, ignore_errors=True)  # (a --folder's store is kept)
-            # In a child process, so this one stays small.
-            subprocess.run(
-                [sys.executable, __file__, "--generate", str(source)]
-                + ["--frames", str(args.frames)],
-                check=True,
-            )
-        times = {name: [] for name in PATHS}
-        for round_ in range(args.rounds):
-            for name, path in PATHS.items():
-                shutil.rmtree(output, ignore_errors=True)
-                start = time.perf_counter()
-                path(source, output)
-                times[name].append(time.perf_counter() - start)
-                print(f"round {round_ + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
-        truth = np.load(source / "truth.npy")
-        xreg_main(["register", str(source), str(output), "--quiet", "--overwrite"])
-        error = io.read_displacement(output).values - truth
-        error -= np.median(error, axis=0)
-        rms = float(np.sqrt(np.mean(error**2)))
-
-        best = {name: min(seconds) for name, seconds in times.items()}
-        rate = {name: args.frames / s for name, s in best.items()}
-        names = list(PATHS)
-        print()
-        print(f"{args.frames} frames of 512 x 512 float32, {args.rounds} rounds in turns")
-        print()
-        print("| path | best s | frames/s | x in-memory | x I/O floor |")
-        print("|---|---:|---:|---:|---:|")
-        for name in names[:4]:
-            print(
-                f"| {name} | {best[name]:.1f} | {rate[name]:.0f} "
-                f"| {rate[name] / rate[names[2]]:.2f} | {rate[name] / rate[names[3]]:.2f} |"
-            )
-        print()
-        share = best[names[4]] / best[names[0]]
-        print(
-            f"reference(): {best[names[4]]:.1f} s, {100 * share:.0f} % of the register run; "
-            f"RMS error of `xreg register` against the truth: {rms:.3f} px"
-        )
+        if args.rounds:
+            ensure_store(source, args.frames)
+            rounds(args, source, output)
         if args.memory_frames:
-            shutil.rmtree(source)
-            subprocess.run(
-                [sys.executable, __file__, "--generate", str(source)]
-                + ["--frames", str(args.memory_frames)],
-                check=True,
-            )
+            source = folder / f"movie-{args.memory_frames}.zarr"
+            ensure_store(source, args.memory_frames)
             size = sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) / 1e9
             shutil.rmtree(output, ignore_errors=True)
             seconds, gigabytes = peak_memory(source, output)

@@ -163,3 +163,18 @@ def test_average_of_moved_frames_counts_only_pixels_from_inside(shape):
     assert covered.all()  # (frame 3 is not moved)
     # The same sums on any number of threads.
     np.testing.assert_array_equal(average, _average_registered(frames, shifts[:24], index, 1))
+
+
+@pytest.mark.parametrize(
+    "chunks", [[100] * 10, [100] * 10 + [50], [10] * 1000, [64] * 15 + [40], [50] * 6]
+)
+def test_sample_comes_from_as_few_chunks_as_hold_it(chunks):
+    n_total = sum(chunks)
+    index = core.sample_indices(n_total, 200, chunks)
+    starts = np.concatenate([[0], np.cumsum(chunks)])
+    read = np.unique(np.searchsorted(starts, index, side="right") - 1)
+    assert len(index) == 200 and len(np.unique(index)) == 200
+    # It spans the movie (first and last chunk) and reads less than one chunk more
+    # than the sample, whatever the chunks' sizes.
+    assert read[0] == 0 and read[-1] == len(chunks) - 1
+    assert np.asarray(chunks)[read].sum() < 200 + max(chunks)

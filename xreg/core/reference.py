@@ -31,7 +31,7 @@ __all__ = ["build_reference", "sample_indices"]
 _SEED_GROUP = 20  # frames averaged for the seed, as in suite2p
 _SEED_PIXELS = 128 * 128  # frames are binned down to about this size for the seed
 _COARSE_PIXELS = 128 * 128  # ... and for the register-and-average rounds
-_SAMPLE_SPREAD = 2  # a chunked movie's sample comes from chunks holding this many times it
+_SAMPLE_SPREAD = 1  # a chunked movie's sample comes from chunks holding this many times it
 
 
 def sample_indices(n_total: int, n_frames: int, chunks=None) -> np.ndarray:
@@ -45,9 +45,9 @@ def sample_indices(n_total: int, n_frames: int, chunks=None) -> np.ndarray:
         Frames wanted.
     chunks : sequence of int, optional
         The frames per chunk of a movie read chunk by chunk (a chunk is read whole).
-        The sample is then taken from chunks spread evenly over the movie, as few as
-        hold about twice the sample, frames spread evenly within them: the sample's
-        read costs about twice the sample, not the whole movie.
+        The sample is then taken from chunks spread evenly over the movie (at least
+        the first and the last), as few as hold the sample, frames spread evenly
+        within them: the sample's read costs about the sample, not the whole movie.
 
     Returns
     -------
@@ -61,9 +61,14 @@ def sample_indices(n_total: int, n_frames: int, chunks=None) -> np.ndarray:
         return even
     sizes = np.asarray(chunks, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    # At least the first and the last chunk, so that the sample spans the movie.
+    # At least the first and the last chunk, so that the sample spans the movie; more
+    # while the chosen ones (some may be short) hold too few frames.
     wanted = max(2, int(np.ceil(_SAMPLE_SPREAD * n_frames / max(int(np.median(sizes)), 1))))
-    chosen = np.unique(np.linspace(0, len(sizes) - 1, wanted).round().astype(np.int64))
+    while True:
+        chosen = np.unique(np.linspace(0, len(sizes) - 1, wanted).round().astype(np.int64))
+        if sizes[chosen].sum() >= _SAMPLE_SPREAD * n_frames or len(chosen) == len(sizes):
+            break
+        wanted += 1
     touched = np.unique(np.searchsorted(starts, even, side="right") - 1)
     if sizes[chosen].sum() >= sizes[touched].sum():
         return even  # the chunks the even sample touches cost no more
@@ -261,7 +266,9 @@ def build_reference(
         search = tuple(-(-int(m) // factor) for m in full)
     for round_ in range(iterations):
         bounds = clip_bounds(reference, clip_percentiles)
-        plan = prepare_reference(reference, max_shift=search, clip=bounds)
+        # The fixed-margin estimate: the per-frame overlap estimate costs more and gave
+        # no better reference (bench_reference.py, DECISIONS).
+        plan = prepare_reference(reference, max_shift=search, clip=bounds, overlap=False)
         result = estimate_shifts(coarse, plan, upsample_factor=upsample_factor, workers=workers)
         shifts, quality = result[:, :-1], result[:, -1]
         if round_ < iterations - 1:

@@ -1202,7 +1202,9 @@ def _derivative_orders(ndim):
 
 def _pad_orders(table):
     """A (n, 2, ..., 2) table of orders 0..1 per axis as (n, 3, ..., 3), zeros for 2."""
-    return np.pad(table, [(0, 0)] + [(0, 1)] * (table.ndim - 1))
+    padded = np.zeros((len(table),) + (3,) * (table.ndim - 1), table.dtype)
+    padded[(slice(None),) + (slice(0, 2),) * (table.ndim - 1)] = table
+    return padded
 
 
 def _split_orders(table):
@@ -1268,13 +1270,21 @@ def _ramp_kernel(weights, freqs, size, position, orders):
     return ramp[:, :, None] * factors
 
 
+@functools.lru_cache(maxsize=8)
+def _lagrange_coefficients(half):
+    """Column j: the monomial coefficients of the Lagrange basis polynomial of node j
+    of -half..half (read only: shared)."""
+    nodes = np.arange(-half, half + 1)
+    coefficients = np.linalg.inv(np.vander(nodes, increasing=True).astype(float))
+    coefficients.flags.writeable = False
+    return coefficients
+
+
 def _lagrange_derivatives(t, half):
     """Lagrange weights through nodes -half..half and their first and second
     derivatives at ``t`` (n,): shape (n, 2 * half + 1, 3)."""
-    nodes = np.arange(-half, half + 1)
-    # Column j holds the monomial coefficients of the basis polynomial of node j.
-    coefficients = np.linalg.inv(np.vander(nodes, increasing=True).astype(float))
-    powers = np.arange(len(nodes))
+    coefficients = _lagrange_coefficients(half)
+    powers = np.arange(2 * half + 1)
     t = np.asarray(t, dtype=float)[:, None]
     monomials = np.stack(
         [

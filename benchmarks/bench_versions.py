@@ -1,15 +1,20 @@
 """Rigid estimate rate and accuracy of this checkout against an earlier commit, in one run.
 
-    python benchmarks/bench_versions.py [--against main] [--frames 200] [--size 512] [--pairs 5]
+    python benchmarks/bench_versions.py [--against main [--against COMMIT ...]]
+        [--frames 200] [--size 512] [--pairs 5]
 
-``git archive`` copies the ``xreg`` package of ``--against`` into a temporary
-directory; then, taking turns (A B A B ...), a fresh Python process imports one
-version or the other and times ``core.estimate_shifts`` (the accessor's default
-settings: ``clip=(1, 99)``, ``upsample_factor=10``, all cores; best of 3) on the
-same movie as ``bench_rigid.py`` (512 x 512, Poisson noise, known reference);
-``--method piecewise`` times ``core.estimate_piecewise`` instead (128 px blocks,
-overlap 0.5; the RMS error is then the rigid part's).  The
-ratio is taken pair by pair, so a slow spell of a shared machine hits both sides.
+``git archive`` copies the ``xreg`` package of each ``--against`` into a temporary
+directory; then, taking turns (A B A B ..., or A B C, B C A, C A B ... with more
+versions), a fresh Python process imports one version and times
+``core.estimate_shifts`` (the accessor's default settings: ``clip=(1, 99)``,
+``upsample_factor=10``, all cores; best of 3) on the same movie as
+``bench_rigid.py`` (512 x 512, Poisson noise, known reference); ``--method
+piecewise`` times ``core.estimate_piecewise`` instead (128 px blocks, overlap 0.5;
+the RMS error is then the rigid part's).  The ratio to the first ``--against`` is
+taken round by round, so a slow spell of a shared machine hits both sides.  It is
+printed for the rate (wall clock) and for the CPU seconds (every thread's): on a
+busy machine the second moves less, as it does not count time spent waiting for a
+core.
 """
 
 from __future__ import annotations
@@ -41,13 +46,14 @@ if sys.argv[4] == "piecewise":
 else:
     plan = core.prepare_reference(reference, clip=bounds)
     estimate = lambda: core.estimate_shifts(frames, plan, upsample_factor=10)
-times = []
+times, cpu = [], []
 for _ in range(3):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = estimate()
     times.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
 rms = float(np.sqrt(np.mean((out[:, :-1] - truth) ** 2)))
-print(json.dumps({"seconds": min(times), "rms": rms, "xreg": core.__file__}))
+print(json.dumps({"seconds": min(times), "cpu": min(cpu), "rms": rms, "xreg": core.__file__}))
 """
 
 
@@ -65,42 +71,60 @@ def run(package_root, files, method):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--against", default="main")
+    parser.add_argument(
+        "--against",
+        action="append",
+        help="a commit (default main); give it again for more: the first is the baseline",
+    )
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=5, help="rounds, each version once a round")
     parser.add_argument("--method", choices=["rigid", "piecewise"], default="rigid")
     args = parser.parse_args()
+    against = args.against or ["main"]
 
     reference, frames, truth = make_movie(args.frames, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", args.against, "xreg"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp / "old", filter="data")
+        versions = {"this checkout": REPO}
+        for index, commit in enumerate(against):
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", commit, "xreg"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            root = tmp / f"old{index}"
+            tarfile.open(fileobj=io.BytesIO(archive)).extractall(root, filter="data")
+            versions[commit] = root
         files = [tmp / "frames.npy", tmp / "reference.npy", tmp / "truth.npy"]
         for path, array in zip(files, (frames, reference, truth), strict=True):
             np.save(path, array)
-        rows = {"this checkout": [], args.against: []}
+        rows = {name: [] for name in versions}
+        order = list(versions.items())
         for i in range(args.pairs):
-            order = [("this checkout", REPO), (args.against, tmp / "old")]
-            for name, root in order if i % 2 == 0 else order[::-1]:
+            # Each round starts with another version, so none always runs first.
+            shift = i % len(order)
+            for name, root in order[shift:] + order[:shift]:
                 rows[name].append(run(root, files, args.method))
-    new, old = rows["this checkout"], rows[args.against]
-    ratios = [o["seconds"] / n["seconds"] for n, o in zip(new, old, strict=True)]
-    print(f"{args.method}: {args.frames} x {args.size} x {args.size}, {args.pairs} pairs")
+    baseline = against[0]
+    print(f"{args.method}: {args.frames} x {args.size} x {args.size}, {args.pairs} rounds")
     print("| version | frames/s (median) | RMS error (px) |")
     print("|---|---:|---:|")
     for name, runs in rows.items():
         seconds = np.median([r["seconds"] for r in runs])
         print(f"| {name} | {args.frames / seconds:.0f} | {runs[0]['rms']:.4f} |")
-    print(
-        f"rate of this checkout / {args.against}: median of pairs {np.median(ratios):.2f} "
-        f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
-    )
+    for name, runs in rows.items():
+        if name == baseline:
+            continue
+        pairs = list(zip(runs, rows[baseline], strict=True))
+        ratios = [o["seconds"] / n["seconds"] for n, o in pairs]
+        cpu_ratios = [o["cpu"] / n["cpu"] for n, o in pairs]
+        print(
+            f"rate of {name} / {baseline}: median of rounds {np.median(ratios):.2f} "
+            f"(min {min(ratios):.2f}, max {max(ratios):.2f}); CPU seconds of {baseline} / "
+            f"{name} (all threads): {np.median(cpu_ratios):.2f} "
+            f"(min {min(cpu_ratios):.2f}, max {max(cpu_ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -266,6 +266,8 @@ def test_ome_zarr_axes_channels_and_pixel_sizes(tmp_path, version):
     shifts = movie.sel(channel="red").reg.estimate(RED, upsample_factor=20)
     np.testing.assert_allclose(shifts.pixel_size, [0.8, 0.8])
     np.testing.assert_allclose(shifts.reg.physical().values, TRUTH * 0.8, atol=0.05)
+
+
 def test_labelled_store_with_mismatched_label_chunks(tmp_path):
     """A per-frame label stored in one chunk, the movies in chunks of 4 frames."""
     movie = two_channel_movie("dask")

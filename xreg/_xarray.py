@@ -767,9 +767,10 @@ def apply_dataset(ds: xr.Dataset, shifts, *, dim: Hashable = "time", spatial_dim
         )
     names = registrable(ds, dim, spatial_dims)
     if not names:
+        found = {n: v.dims for n, v in ds.data_vars.items()}
         raise XregError(
             f"No variable of the Dataset has the dims {(dim, *spatial_dims)}; its variables "
-            f"have dims {({n: v.dims for n, v in ds.data_vars.items()})}."
+            f"have dims {found}."
         )
     moved = {
         name: apply(ds[name], shifts, dim=dim, spatial_dims=spatial_dims, **options)

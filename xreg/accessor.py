@@ -421,6 +421,7 @@ class RegAccessor:
         True
         """
         return _metrics.metrics(self._obj, registered, border=border, dim=dim)
+
     def physical(self) -> xr.DataArray:
         """These displacements in the units of the movie's spatial coordinates (µm).
 
@@ -449,7 +450,6 @@ class RegAccessor:
         ([0.5, 0.5], 'µm')
         """
         return _xarray.physical(self._obj)
-
 
     def scan_phase(
         self,

@@ -372,9 +372,7 @@ def open_ome_zarr(path) -> xr.DataArray:
         from ome_zarr.io import parse_url
         from ome_zarr.reader import Multiscales, Reader
     except ImportError as error:
-        raise XregError(
-            "Reading OME-Zarr needs ome-zarr: `pip install xreg[zarr]`."
-        ) from error
+        raise XregError("Reading OME-Zarr needs ome-zarr: `pip install xreg[zarr]`.") from error
     path = Path(path)
     with _zarr_quietly(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its notes on format versions

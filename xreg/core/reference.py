@@ -97,23 +97,6 @@ def _seed_members(binned: np.ndarray) -> np.ndarray:
     return np.argsort(similarity[centre])[-group:]
 
 
-def seed_reference(frames: np.ndarray) -> np.ndarray:
-    """Mean of the group of frames that correlate best with one another (suite2p).
-
-    Parameters
-    ----------
-    frames : numpy.ndarray
-        Sample of frames, ``(n, *frame_shape)``, finite.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 frame.
-    """
-    members = _seed_members(bin_frames(frames, _factor(frames.shape[1:], _SEED_PIXELS)))
-    return frames[members].astype(np.float64).mean(axis=0)
-
-
 def _moved_inside(frame: np.ndarray, shift) -> tuple[np.ndarray, tuple] | None:
     """``frame`` moved by ``shift`` (linear interpolation, as :func:`shift_frames`),
     only where every sample came from inside the frame: the values and the region
@@ -261,9 +244,9 @@ def build_reference(
     reference = filled[seed].astype(np.float64).mean(axis=0)
     search = max_shift
     if factor > 1:
-        full = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
-        full = np.broadcast_to(np.asarray(full), (frames.ndim - 1,))
-        search = tuple(-(-int(m) // factor) for m in full)
+        full_search = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
+        full_search = np.broadcast_to(np.asarray(full_search), (frames.ndim - 1,))
+        search = tuple(-(-int(m) // factor) for m in full_search)
     for round_ in range(iterations):
         bounds = clip_bounds(reference, clip_percentiles)
         # The fixed-margin estimate: the per-frame overlap estimate costs more and gave

@@ -374,6 +374,23 @@ def calibrate(run: dict, small: dict, big: dict) -> dict:
     }
 
 
+def check_round(calibration: dict, small: dict, big: dict, measured: dict) -> dict:
+    """One round's check: the model's inputs from its calibrating run and overhead pair,
+    and its prediction of the ``measured`` check run."""
+    inputs = calibrate(calibration, small, big)
+    predicted = predict(measured["frames"], 2, inputs)
+    return {"inputs": inputs, "predicted": predicted, "measured": measured}
+
+
+def show_check(round_: int, item: dict) -> None:
+    predicted, measured = item["predicted"]["wall_s"], item["measured"]["wall_s"]
+    print(
+        f"round {round_ + 1} check: predicted {predicted:.1f} s, measured {measured:.1f} s "
+        f"({measured / predicted - 1:+.0%})",
+        flush=True,
+    )
+
+
 def predict(frames: int, workers: int, inputs: dict, chunk: int = CHUNK) -> dict:
     """Wall seconds of a run: its fixed part, then the slower of the workers and the serial part.
 
@@ -540,17 +557,8 @@ def check_only(args) -> None:
         for round_ in range(args.rounds):
             for name, source in inputs.items():
                 runs[name].append(register(client, str(source), str(folder / "out.zarr"), None))
-            model_inputs = calibrate(runs["disk 2"][-1], small, big)
-            predicted = predict(args.check, 2, model_inputs)
-            check.append(
-                {"inputs": model_inputs, "predicted": predicted, "measured": runs["check"][-1]}
-            )
-            print(
-                f"round {round_ + 1} check: predicted {predicted['wall_s']:.1f} s, measured "
-                f"{runs['check'][-1]['wall_s']:.1f} s "
-                f"({runs['check'][-1]['wall_s'] / predicted['wall_s'] - 1:+.0%})",
-                flush=True,
-            )
+            check.append(check_round(runs["disk 2"][-1], small, big, runs["check"][-1]))
+            show_check(round_, check[-1])
     runs.update({"tiny small": [small], "tiny big": [big]})
     figures.update(runs=runs, check_rounds=check, load_average_at_end=os.getloadavg())
     figures["summary"] = summarise(runs, check, args.check)
@@ -608,11 +616,13 @@ def main():
         check = []
         for round_, measured in enumerate(runs["check"]):
             pair = min(round_, len(runs["tiny small"]) - 1)  # the latest overhead runs
-            inputs = calibrate(
-                runs["disk 2"][round_], runs["tiny small"][pair], runs["tiny big"][pair]
-            )
             check.append(
-                {"inputs": inputs, "predicted": predict(n_check, 2, inputs), "measured": measured}
+                check_round(
+                    runs["disk 2"][round_],
+                    runs["tiny small"][pair],
+                    runs["tiny big"][pair],
+                    measured,
+                )
             )
         summary = summarise(runs, check, n_check)
         figures["summary"] = summary
@@ -700,19 +710,15 @@ def main():
                 print(f"round {round_ + 1} {name} (at {elapsed:.0f} s): {json.dumps(result)}")
                 sys.stdout.flush()
             peaks = {n: worker_peak_rss(c) for n, c in clients.items()}
-            model_inputs = calibrate(
-                runs["disk 2"][-1], runs["tiny small"][-1], runs["tiny big"][-1]
-            )
-            predicted = predict(args.check, 2, model_inputs)
             check.append(
-                {"inputs": model_inputs, "predicted": predicted, "measured": runs["check"][-1]}
+                check_round(
+                    runs["disk 2"][-1],
+                    runs["tiny small"][-1],
+                    runs["tiny big"][-1],
+                    runs["check"][-1],
+                )
             )
-            error = runs["check"][-1]["wall_s"] / predicted["wall_s"] - 1
-            print(
-                f"round {round_ + 1} check: predicted {predicted['wall_s']:.1f} s, measured "
-                f"{runs['check'][-1]['wall_s']:.1f} s ({error:+.0%})",
-                flush=True,
-            )
+            show_check(round_, check[-1])
         figures["runs"] = runs
         figures["check_rounds"] = check
         figures["worker_peak_rss_bytes"] = peaks

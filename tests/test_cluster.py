@@ -42,6 +42,18 @@ def test_estimate_on_the_cluster_matches_threads(dask_cluster, tmp_path):
     )
 
 
+def test_reference_built_with_a_cluster_client_matches_threads(dask_cluster, tmp_path):
+    """The sample is read through whichever scheduler is active (a local read would
+    store into copies of the result on the workers)."""
+    from distributed import Client
+
+    make_store(tmp_path / "in.zarr")
+    movie = xr.open_zarr(tmp_path / "in.zarr")["movie"]
+    with Client(dask_cluster):
+        on_cluster = movie.reg.reference(n_frames=30)
+    xr.testing.assert_identical(on_cluster, movie.reg.reference(n_frames=30))
+
+
 def test_cluster_options_are_checked_before_any_work(tmp_path):
     with pytest.raises(XregError, match="give one of them"):
         cluster.check_cluster_options("tcp://127.0.0.1:1", 2, None)

@@ -7,6 +7,7 @@ from conftest import ChunkReads, as_movie, fourier_moved, smooth_image
 
 import xreg
 from xreg import XregError, core
+from xreg.core.correlation import bin_frames
 
 
 def rms_up_to_offset(estimate, truth):
@@ -66,6 +67,36 @@ def test_reference_reads_only_sampled_chunks():
     source.movie.reg.reference(n_frames=50, iterations=1)
     assert 0 < len(source.reads) <= 50  # of 1000 chunks
     assert set(source.reads.values()) == {1}
+
+
+def test_reference_of_a_chunked_movie_is_built_from_its_sampled_frames(drifting):
+    """The Dask path reads the sample's runs of whole chunks straight into one array;
+    the reference is the one built from those frames in memory."""
+    moved, _, _ = drifting
+    lazy = moved.chunk(time=50)
+    index = core.sample_indices(300, 120, [50] * 6)
+    from_dask = lazy.reg.reference(n_frames=120, iterations=2)
+    in_memory, _ = core.build_reference(
+        moved.values[index], iterations=2, clip_percentiles=(1, 99), return_shifts=False
+    )
+    np.testing.assert_array_equal(from_dask.values, in_memory)
+    assert from_dask.attrs["n_frames"] == 120
+
+
+@pytest.mark.parametrize("shape", [(37, 130, 67), (5, 9, 16, 20)])
+def test_binning_does_not_depend_on_threads(shape):
+    frames = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    one = bin_frames(frames, 4)
+    assert one.shape == (shape[0],) + tuple(n // 4 for n in shape[1:])
+    np.testing.assert_array_equal(bin_frames(frames, 4, workers=2), one)
+    np.testing.assert_array_equal(bin_frames(frames, 4, workers=3), one)
+    # Block averages: the first block by hand.
+    block = frames[(slice(None),) + (slice(0, 4),) * (len(shape) - 1)]
+    np.testing.assert_allclose(
+        one[(slice(None),) + (0,) * (len(shape) - 1)],
+        block.reshape(shape[0], -1).mean(axis=1),
+        rtol=1e-5,
+    )
 
 
 def test_bad_frames_are_flagged_and_do_not_disturb_neighbours(backend):

@@ -824,7 +824,7 @@ def _overlap_tables(reference, normalised, slopes, max_shift):
     return OverlapTables(tables=tables, coarse=coarse, factor=factor)
 
 
-def bin_frames(frames: np.ndarray, factor) -> np.ndarray:
+def bin_frames(frames: np.ndarray, factor, workers: int = 1) -> np.ndarray:
     """Frames block-averaged by ``factor`` (one int for every frame axis, or one per
     axis), as float32, the remainder of each axis cropped.
 
@@ -837,15 +837,29 @@ def bin_frames(frames: np.ndarray, factor) -> np.ndarray:
     frames : numpy.ndarray
         Shape ``(n, *shape)``.
     factor : int or tuple of int
+    workers : int, default 1
+        Threads over the frames (``None``: all cores); the result does not depend on it.
 
     Returns
     -------
     numpy.ndarray
     """
     factors = np.broadcast_to(factor, (frames.ndim - 1,))
-    binned = frames.astype(np.float32, copy=False)
     if np.prod(factors) == 1:
-        return binned
+        return frames.astype(np.float32, copy=False)
+    if _workers(workers) > 1 and len(frames) > 1:
+        shape = tuple(size // f for size, f in zip(frames.shape[1:], factors, strict=True))
+        out = np.empty((len(frames), *shape), np.float32)
+        bounds = np.linspace(0, len(frames), min(len(frames), 4 * _workers(workers)) + 1)
+        bounds = bounds.round().astype(int)
+        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+        def fill(part):
+            out[part] = bin_frames(frames[part], factor)
+
+        map_threads(fill, parts, workers)
+        return out
+    binned = frames.astype(np.float32, copy=False)
     for axis, f in enumerate(factors, start=1):
         if f > 1:
             size = binned.shape[axis] // f
@@ -854,7 +868,8 @@ def bin_frames(frames: np.ndarray, factor) -> np.ndarray:
             for k in range(1, f):
                 total += binned[lead + (slice(k, size * f, f),)]
             binned = total
-    return binned / np.float32(np.prod(factors))
+    binned /= np.float32(np.prod(factors))  # binned is a fresh sum: divided in place
+    return binned
 
 
 def _ramp_filter(table, axis, direction):

@@ -237,7 +237,7 @@ def build_reference(
     # frames binned down to about _COARSE_PIXELS (a displacement of s binned pixels is
     # one of factor * s pixels); the final average is taken of the full frames.
     factor = _factor(frames.shape[1:], _COARSE_PIXELS)
-    coarse = bin_frames(frames, factor) if factor > 1 else frames
+    coarse = bin_frames(frames, factor, workers) if factor > 1 else frames
     finite = np.isfinite(coarse).all()
     filled = coarse if finite else np.where(np.isfinite(coarse), coarse, np.nanmean(coarse))
     seed = _seed_members(bin_frames(filled, _factor(coarse.shape[1:], _SEED_PIXELS)))

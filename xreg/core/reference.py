@@ -30,7 +30,8 @@ __all__ = ["build_reference", "sample_indices"]
 
 _SEED_GROUP = 20  # frames averaged for the seed, as in suite2p
 _SEED_PIXELS = 128 * 128  # frames are binned down to about this size for the seed
-_COARSE_PIXELS = 128 * 128  # ... and for the register-and-average rounds
+_COARSE_PIXELS = 128 * 128  # ... and for the last register-and-average round
+_EARLY_PIXELS = 64 * 64  # ... and the rounds before it
 _SAMPLE_SPREAD = 1  # a chunked movie's sample comes from chunks holding this many times it
 
 
@@ -233,32 +234,41 @@ def build_reference(
     """
     frames = np.asarray(frames)
     n = len(frames)
-    # The rounds only choose frames and align them for the next average: they run on
-    # frames binned down to about _COARSE_PIXELS (a displacement of s binned pixels is
-    # one of factor * s pixels); the final average is taken of the full frames.
+    # The rounds only choose frames and align them for the next average: the last runs
+    # on frames binned down to about _COARSE_PIXELS (a displacement of s binned pixels
+    # is one of factor * s pixels), the ones before (and the seed) on frames binned
+    # further, to about _EARLY_PIXELS; the final average is taken of the full frames.
     factor = _factor(frames.shape[1:], _COARSE_PIXELS)
     coarse = bin_frames(frames, factor, workers) if factor > 1 else frames
-    finite = np.isfinite(coarse).all()
-    filled = coarse if finite else np.where(np.isfinite(coarse), coarse, np.nanmean(coarse))
-    seed = _seed_members(bin_frames(filled, _factor(coarse.shape[1:], _SEED_PIXELS)))
+    early_factor = _factor(coarse.shape[1:], _EARLY_PIXELS) if iterations > 1 else 1
+    early = bin_frames(coarse, early_factor, workers) if early_factor > 1 else coarse
+    finite = np.isfinite(early).all()
+    filled = early if finite else np.where(np.isfinite(early), early, np.nanmean(early))
+    seed = _seed_members(bin_frames(filled, _factor(early.shape[1:], _SEED_PIXELS)))
     reference = filled[seed].astype(np.float64).mean(axis=0)
-    search = max_shift
-    if factor > 1:
-        full_search = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
-        full_search = np.broadcast_to(np.asarray(full_search), (frames.ndim - 1,))
-        search = tuple(-(-int(m) // factor) for m in full_search)
+    full_search = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
+    full_search = np.broadcast_to(np.asarray(full_search), (frames.ndim - 1,))
     for round_ in range(iterations):
+        last = round_ == iterations - 1
+        level, scale = (coarse, factor) if last else (early, factor * early_factor)
         bounds = clip_bounds(reference, clip_percentiles)
         # The fixed-margin estimate: the per-frame overlap estimate costs more and gave
         # no better reference (bench_reference.py, DECISIONS).
+        search = tuple(-(-int(m) // scale) for m in full_search)
         plan = prepare_reference(reference, max_shift=search, clip=bounds, overlap=False)
-        result = estimate_shifts(coarse, plan, upsample_factor=upsample_factor, workers=workers)
+        result = estimate_shifts(level, plan, upsample_factor=upsample_factor, workers=workers)
         shifts, quality = result[:, :-1], result[:, -1]
-        if round_ < iterations - 1:
-            # Average the best-matching frames, more of them each round (suite2p).
+        if not last:
+            # Average the best-matching frames, more of them each round (suite2p); at
+            # the next round's level.
             keep = max(2, int(n * (1 + round_) / (2 * iterations)))
             chosen = np.argsort(quality)[-keep:]
-            reference = _average_registered(coarse, shifts[chosen], chosen, workers)
+            if round_ + 1 == iterations - 1:
+                reference = _average_registered(
+                    coarse, early_factor * shifts[chosen], chosen, workers
+                )
+            else:
+                reference = _average_registered(early, shifts[chosen], chosen, workers)
         else:
             # Last round: every trustworthy frame, so that no one state of the tissue
             # (say, of its activity) dominates; at the sample's median position; of

@@ -7,7 +7,8 @@
 
 A 512 x 512 float32 movie with known drift (uncompressed Zarr, 100-frame chunks) is
 registered, in turns within one run (so that a slow spell of the shared machine hits
-every path), by:
+every path; each starts after `os.sync()`, so that none pays for flushing the last one's
+output), by:
 
 - `xreg register IN OUT` (run in this process, so that Python's start-up is not counted);
 - the lazy one-pass Python path: `open_zarr`, `reference()`, `register(ref)`, `to_zarr`
@@ -24,6 +25,7 @@ from this larger process would inherit its high-water mark).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -128,6 +130,7 @@ def rounds(args, source: Path, output: Path) -> None:
     for round_ in range(args.rounds):
         for name, path in PATHS.items():
             shutil.rmtree(output, ignore_errors=True)
+            os.sync()  # the last path's writes flushed: each path starts on an idle disk
             start = time.perf_counter()
             path(source, output)
             times[name].append(time.perf_counter() - start)

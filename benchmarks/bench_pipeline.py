@@ -156,8 +156,10 @@ def rounds(args, source: Path, output: Path) -> None:
         )
     print()
     share = best[names[4]] / best[names[0]]
+    shares = [100 * r / c for r, c in zip(times[names[4]], times[names[0]], strict=True)]
     print(
-        f"reference(): {best[names[4]]:.1f} s, {100 * share:.0f} % of the register run; "
+        f"reference(): {best[names[4]]:.2f} s, {100 * share:.1f} % of the register run "
+        f"(rounds: {', '.join(f'{s:.1f}' for s in shares)} %); "
         f"RMS error of `xreg register` against the truth: {rms:.3f} px"
     )
 

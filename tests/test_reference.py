@@ -1,5 +1,7 @@
 """Registration without a known reference; quality, bad frames, smoothing, NaN masks."""
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -140,6 +142,24 @@ def test_nan_masked_frames_stay_within_a_tenth_of_a_pixel(backend):
     frames[np.random.default_rng(9).random(frames.shape) < 0.3] = np.nan
     shifts = as_movie(frames, backend, chunk=4).reg.estimate(image, upsample_factor=50)
     assert np.abs(shifts.values - truth).max() < 0.1
+
+
+@pytest.mark.parametrize("backend", ["numpy", "dask"])
+def test_infinite_pixels_are_left_out_like_nan(backend):
+    """A movie with a few NaN and infinite pixels (a saturated or dead detector pixel
+    turned into inf by a conversion) still gives a finite reference, quietly."""
+    movie = xreg.datasets.mouse(n_frames=60, shape=(96, 96)).astype(np.float32)
+    moved, truth = xreg.datasets.add_motion(movie, max_drift=3, subpixel=True, seed=5)
+    data = moved.values.copy()
+    data[3, 10, 10], data[5, 20, 20], data[7, 30, 30] = np.inf, -np.inf, np.nan
+    moved = moved.copy(data=data)
+    moved = moved.chunk(time=20) if backend == "dask" else moved
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reference = moved.reg.reference()
+        shifts = moved.reg.estimate(reference)
+    assert np.isfinite(reference.values).all()
+    assert rms_up_to_offset(shifts, truth) < 0.1
 
 
 def test_walkthrough_scenario_without_a_reference():

@@ -85,6 +85,15 @@ def _factor(shape, pixels: int) -> int:
     return factor
 
 
+def _filled(frames: np.ndarray) -> np.ndarray:
+    """``frames`` with NaN and infinite pixels set to the mean of the finite ones (for
+    the seed, which compares whole frames; the rounds leave such pixels out)."""
+    finite = np.isfinite(frames)
+    if finite.all():
+        return frames
+    return np.where(finite, frames, frames[finite].mean() if finite.any() else 0)
+
+
 def _seed_members(binned: np.ndarray) -> np.ndarray:
     """Indices of the group of frames that correlate best with one another (suite2p)."""
     flat = binned.reshape(len(binned), -1)
@@ -168,7 +177,8 @@ def _average_registered(frames, shifts, index=None, workers=None):
         total, count = np.zeros(shape), np.zeros(shape)
         regions = []  # of the frames with every value finite: counted at once, below
         for i in batches[number]:
-            moved = _moved_inside(np.asarray(frames[index[i]], dtype=np.float32), shifts[i])
+            with np.errstate(invalid="ignore"):  # inf - inf: NaN, left out below
+                moved = _moved_inside(np.asarray(frames[index[i]], dtype=np.float32), shifts[i])
             if moved is None:
                 continue
             values, region = moved
@@ -242,8 +252,7 @@ def build_reference(
     coarse = bin_frames(frames, factor, workers) if factor > 1 else frames
     early_factor = _factor(coarse.shape[1:], _EARLY_PIXELS) if iterations > 1 else 1
     early = bin_frames(coarse, early_factor, workers) if early_factor > 1 else coarse
-    finite = np.isfinite(early).all()
-    filled = early if finite else np.where(np.isfinite(early), early, np.nanmean(early))
+    filled = _filled(early)
     seed = _seed_members(bin_frames(filled, _factor(early.shape[1:], _SEED_PIXELS)))
     reference = filled[seed].astype(np.float64).mean(axis=0)
     full_search = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
@@ -279,7 +288,7 @@ def build_reference(
                 frames, factor * (shifts[chosen] - centre), chosen, workers
             )
     if iterations == 0:  # the seed itself, of the full frames
-        full = frames if finite else np.where(np.isfinite(frames), frames, np.nanmean(frames))
+        full = _filled(frames)
         reference = full[seed].astype(np.float64).mean(axis=0)
     if not return_shifts:
         return reference, None

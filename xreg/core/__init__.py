@@ -11,6 +11,7 @@ from .correlation import (
     prepare_reference,
     prepare_whole_frame,
 )
+from .noise import NoiseModel, fit_noise, noise_sample_size
 from .piecewise import (
     BlockGrid,
     PiecewisePlan,
@@ -27,6 +28,9 @@ from .shift import MODES, round_to_dtype, shift_frames
 
 __all__ = [
     "MODES",
+    "NoiseModel",
+    "fit_noise",
+    "noise_sample_size",
     "BlockGrid",
     "PiecewisePlan",
     "block_counts",

@@ -178,6 +178,8 @@ class ReferencePlan:
     conj_ref_slope: np.ndarray
     energy_slope: np.ndarray  # float64 (ndim, *window): the local energy's exact gradient
     clip: tuple[float, float] | None = None  # intensity bounds applied to every frame
+    # The noise weighting: frames (after clipping) become sqrt(max(x + offset, 0)).
+    offset: float | None = None
     # For a whole-frame circular plan (:func:`prepare_whole_frame`): the windowed plan
     # that refines each frame's subpixel shift once its whole pixels are undone.
     residual: ReferencePlan | None = None
@@ -212,10 +214,13 @@ def stack_plans(plans) -> ReferencePlan:
     """
     first = plans[0]
     if any(
-        p.shape != first.shape or p.max_shift != first.max_shift or p.clip != first.clip
+        p.shape != first.shape
+        or p.max_shift != first.max_shift
+        or p.clip != first.clip
+        or p.offset != first.offset
         for p in plans
     ):
-        raise XregError("Stacked references must share their shape, search range and clip.")
+        raise XregError("Stacked references must share their shape, search range, clip and offset.")
     # Blocks of one shape share their window: keep one copy, not one per block.
     shared = all(np.array_equal(p.weight, first.weight) for p in plans)
     kept = plans[:1] if shared else plans
@@ -230,6 +235,7 @@ def stack_plans(plans) -> ReferencePlan:
         conj_ref_slope=np.stack([p.conj_ref_slope for p in plans]),
         energy_slope=np.stack([p.energy_slope for p in plans]),
         clip=first.clip,
+        offset=first.offset,
     )
 
 
@@ -279,6 +285,8 @@ def prepare_reference(
     margin: int | tuple[int, ...] | None = None,
     clip: tuple[float, float] | None = None,
     overlap: bool = True,
+    offset: float | None = None,
+    noise=None,
 ) -> ReferencePlan:
     """Precompute the reference's spectra and local energy for :func:`estimate_shifts`.
 
@@ -304,6 +312,16 @@ def prepare_reference(
         ``margin`` on frames of at least 32 px per axis): each frame is then
         compared over every pixel it shares with the reference at its own
         displacement, not only inside the fixed ``margin``.
+    offset : float, optional
+        Noise weighting: the reference and every frame, once clipped, are compared
+        as ``sqrt(max(x + offset, 0))`` (the variance-stabilising transform of
+        Poisson-Gaussian noise, see :class:`xreg.core.noise.NoiseModel`), so that
+        each pixel weighs by its noise.  None: the intensities themselves.
+    noise : xreg.core.NoiseModel, optional
+        The frames' noise: the reference is then compared as what a frame showing it
+        looks like on average once clipped and stabilised (its noise clipped too), so
+        that the clip, which still clips transients as hard, biases no estimate by
+        clipping noise.  None: the reference clipped and stabilised as it is.
 
     Returns
     -------
@@ -330,7 +348,9 @@ def prepare_reference(
         if not low < high:
             raise XregError(f"`clip` must be two intensities, low < high; got {clip!r}.")
         clip = (low, high)
-        ref = np.clip(ref, low, high)
+    if offset is not None:
+        offset = float(offset)
+    ref = _expected(ref, clip, offset, noise)
     std = ref.std()
     if std == 0:
         raise XregError(
@@ -391,8 +411,48 @@ def prepare_reference(
         conj_ref_slope=conj_ref_slope.astype(np.complex64),
         energy_slope=energy_slope,
         clip=clip,
+        offset=offset,
         overlap=_overlap_tables(ref, normalised, slopes, max_shift) if wants_overlap else None,
     )
+
+
+# Gauss-Hermite nodes of the reference's expected look over the frames' noise.
+_NOISE_NODES = 24
+
+
+def _expected(reference, clip, offset, noise):
+    """``reference`` clipped and stabilised, on average over a frame's noise (Gaussian,
+    of the variance ``noise`` gives at each pixel; none if ``noise`` is None)."""
+
+    def conditioned(values):
+        values = values if clip is None else np.clip(values, *clip)
+        return values if offset is None else _stabilised(values, offset)
+
+    if noise is None:
+        return conditioned(reference)
+    sigma = np.sqrt(np.maximum(noise.gain * reference + noise.floor, 0.0))
+    nodes, weights = np.polynomial.hermite_e.hermegauss(_NOISE_NODES)
+    weights = weights / weights.sum()
+    return sum(w * conditioned(reference + x * sigma) for x, w in zip(nodes, weights, strict=True))
+
+
+def _stabilised(values, offset, out=None):
+    """``sqrt(max(values + offset, 0))`` (into ``out`` if given)."""
+    out = np.add(values, offset, out=out, dtype=out.dtype if out is not None else None)
+    np.maximum(out, 0, out=out)
+    return np.sqrt(out, out=out)
+
+
+def _conditioned(frame, plan, out):
+    """``frame`` clipped to ``plan.clip`` and stabilised by ``plan.offset``, into
+    ``out`` (float32); ``frame`` itself if the plan does neither."""
+    if plan.clip is None and plan.offset is None:
+        return frame
+    if plan.clip is not None:
+        frame = np.clip(frame, *plan.clip, out=out)
+    if plan.offset is not None:
+        frame = _stabilised(frame, plan.offset, out=out)
+    return frame
 
 
 def _per_axis(value, default, shape):
@@ -530,7 +590,9 @@ def estimate_shifts(
     return out if plan.stacked else out[:, 0]
 
 
-def prepare_whole_frame(reference: np.ndarray, *, clip=None) -> ReferencePlan:
+def prepare_whole_frame(
+    reference: np.ndarray, *, clip=None, offset=None, noise=None
+) -> ReferencePlan:
     """A plan that correlates whole frames circularly over every shift (thunder's
     CrossCorr), with a windowed plan for the subpixel step.
 
@@ -543,7 +605,7 @@ def prepare_whole_frame(reference: np.ndarray, *, clip=None) -> ReferencePlan:
     Parameters
     ----------
     reference : numpy.ndarray
-    clip : (float, float), optional
+    clip, offset, noise : optional
         As in :func:`prepare_reference`.
 
     Returns
@@ -551,9 +613,17 @@ def prepare_whole_frame(reference: np.ndarray, *, clip=None) -> ReferencePlan:
     ReferencePlan
     """
     circular = prepare_reference(
-        reference, max_shift=np.shape(reference), margin=0, clip=clip, overlap=False
+        reference,
+        max_shift=np.shape(reference),
+        margin=0,
+        clip=clip,
+        overlap=False,
+        offset=offset,
+        noise=noise,
     )
-    residual = prepare_reference(reference, max_shift=_RESIDUAL_SHIFT, clip=clip, overlap=False)
+    residual = prepare_reference(
+        reference, max_shift=_RESIDUAL_SHIFT, clip=clip, overlap=False, offset=offset, noise=noise
+    )
     return replace(circular, residual=residual)
 
 
@@ -664,13 +734,12 @@ def _estimate_batch(frames, plan, upsample_factor):
     # centred = w * (f - mean_w(f)); its energy sum w (f - mean)^2 = sum centred * f.
     # Frame by frame and in place: whole-batch temporaries cost more than the FFT.
     centred = np.empty(frames.shape, np.float32)
-    clipped = None if plan.clip is None else np.empty(frames.shape[1:], np.float32)
+    clipped = np.empty(frames.shape[1:], np.float32)
     mean = np.empty((m, count))
     frame_energy = np.empty((m, count))
     for i, frame in enumerate(frames):
         item_weight, out = weight[i if len(weight) > 1 else 0], centred[i]
-        if clipped is not None:
-            frame = np.clip(frame, *plan.clip, out=clipped)
+        frame = _conditioned(frame, plan, clipped)
         np.multiply(frame, item_weight, out=out)
         mean[i] = out.reshape(count, -1).sum(axis=1, dtype=np.float64)
         mean[i] /= np.maximum(weight_sum[i], _TINY)
@@ -935,7 +1004,7 @@ def _estimate_overlap(frames, plan, upsample_factor):
     if n:
         low, high, guess = low[picked], high[picked], guess[picked]
         centred, mean, frame_energy, weight_sum = _centred_boxes(
-            frames, picked, low, high, guess, plan.clip
+            frames, picked, low, high, guess, plan
         )
         cross = sfft.rfftn(centred, axes=tuple(range(1, ndim + 1)), workers=1)
         cross *= plan.conj_ref
@@ -990,20 +1059,18 @@ def _overlap_guesses(frames, plan):
     binned = np.zeros(
         (len(frames), *(n // f for n, f in zip(plan.shape, factor, strict=True))), np.float32
     )
-    clipped = None if plan.clip is None else np.empty(plan.shape, np.float32)
+    clipped = np.empty(plan.shape, np.float32)
     for i, frame in enumerate(frames):
         # A NaN or inf anywhere makes the sum non-finite (as may a float32 overflow: such
         # frames merely take the fixed window's path).
         finite[i] = np.isfinite(frame.sum())
         if finite[i]:
-            if clipped is not None:
-                frame = np.clip(frame, *plan.clip, out=clipped)
-            binned[i] = bin_frames(frame[None], factor)[0]
+            binned[i] = bin_frames(_conditioned(frame, plan, clipped)[None], factor)[0]
     coarse = _estimate_batch(binned[:, None], plan.overlap.coarse, 1)[:, 0, : plan.ndim]
     return finite, np.rint(coarse * factor).astype(np.int64)
 
 
-def _centred_boxes(frames, picked, low, high, guess, clip):
+def _centred_boxes(frames, picked, low, high, guess, plan):
     """Frames ``picked`` weighted by their ramped box ``[low, high)`` and moved back by
     ``guess``: ``w * (f - mean_w(f))`` in zeros (n, *shape), with each one's weighted
     mean, energy ``sum w (f - mean) ** 2`` and weight sum.
@@ -1025,10 +1092,10 @@ def _centred_boxes(frames, picked, low, high, guess, clip):
             slice(a - g, b - g) for a, b, g in zip(low[i], high[i], guess[i], strict=True)
         )
         item = centred[i][moved]
-        if clip is None:
+        if plan.clip is None and plan.offset is None:
             item[...] = frames[index][box]
         else:
-            np.clip(frames[index][box], *clip, out=item)
+            _conditioned(frames[index][box], plan, item)
         weight_sum[i] = np.prod([p.sum(dtype=np.float64) for p in profiles])
         mean[i] = _profile_sum(item, profiles) / weight_sum[i]
         item -= np.float32(mean[i])

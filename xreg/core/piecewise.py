@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from .correlation import (
     ReferencePlan,
+    _conditioned,
     estimate_shifts,
     map_threads,
     prepare_reference,
@@ -130,6 +131,8 @@ def prepare_piecewise(
     max_shift=None,
     block_max_shift=None,
     clip=None,
+    offset=None,
+    noise=None,
 ) -> PiecewisePlan:
     """Plans for the rigid step and for every block of the reference.
 
@@ -147,13 +150,16 @@ def prepare_piecewise(
     clip : (float, float), optional
         Intensity bounds for the rigid step and every block (see
         :func:`prepare_reference`).
+    offset, noise : optional
+        Noise weighting for the rigid step and every block (see
+        :func:`prepare_reference`).
 
     Returns
     -------
     PiecewisePlan
     """
     reference = np.asarray(reference, dtype=np.float64)
-    rigid = prepare_reference(reference, max_shift=max_shift, clip=clip)
+    rigid = prepare_reference(reference, max_shift=max_shift, clip=clip, offset=offset, noise=noise)
     grid = block_grid(reference.shape, block_size, overlap)
     if block_max_shift is None:
         block_max_shift = tuple(max(3, b // 10) for b in grid.block_size)
@@ -161,9 +167,16 @@ def prepare_piecewise(
     for flat_id, index in enumerate(np.ndindex(*grid.grid_shape)):
         block = reference[_block_slices(grid, index)]
         # A block with no contrast (flat background) cannot be matched: rigid fallback.
-        if (block if rigid.clip is None else np.clip(block, *rigid.clip)).std() > 0:
+        if _conditioned(block, rigid, np.empty(block.shape)).std() > 0:
             plans.append(
-                prepare_reference(block, max_shift=block_max_shift, clip=rigid.clip, overlap=False)
+                prepare_reference(
+                    block,
+                    max_shift=block_max_shift,
+                    clip=rigid.clip,
+                    overlap=False,
+                    offset=offset,
+                    noise=noise,
+                )
             )
             ids.append(flat_id)
     return PiecewisePlan(rigid, grid, stack_plans(plans) if plans else None, tuple(ids))

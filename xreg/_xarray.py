@@ -6,6 +6,7 @@ delegates, and the core never sees a label.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
@@ -15,6 +16,7 @@ import dask.local
 import dask.threaded
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 from threadpoolctl import threadpool_limits
 
 from . import core, validate
@@ -185,9 +187,25 @@ def _estimate_piecewise_chunk(frames, *, plan, upsample_factor, min_quality, wor
 def _per_frame(da, dim, spatial, function, width, **kwargs) -> np.ndarray:
     """Run ``function`` (frames -> (n, width) table) over every chunk; the computed table.
 
-    One pass over the frames: for a Dask-backed movie each chunk is read once.
+    One pass over the frames: for a Dask-backed movie each chunk is read once.  A
+    ``plan`` that is a Dask ``Delayed`` (:func:`graph_plan`) is one task of the graph.
     """
     lazy = da.chunks is not None
+    if lazy and isinstance(kwargs.get("plan"), Delayed):
+        data = da.transpose(dim, *spatial).data
+        table = dask.array.map_blocks(
+            _chunk_table,
+            data,
+            kwargs.pop("plan"),
+            function=function,
+            kwargs={**kwargs, "workers": 1},
+            drop_axis=list(range(2, data.ndim)),
+            chunks=(data.chunks[0], (width,)),
+            dtype=np.float64,
+            meta=np.empty((0, 0), np.float64),
+        )
+        with threadpool_limits(limits=1, user_api="blas"):
+            return table.compute()
     result = xr.apply_ufunc(
         function,
         da,
@@ -206,6 +224,10 @@ def _per_frame(da, dim, spatial, function, width, **kwargs) -> np.ndarray:
     return result.values
 
 
+def _chunk_table(frames, plan, *, function, kwargs):
+    return function(frames, plan=plan, **kwargs)
+
+
 METHODS = validate.METHODS
 # Reference percentiles that frames and reference are clipped to by default (suite2p's).
 CLIP_PERCENTILES = (1, 99)
@@ -221,6 +243,31 @@ class Estimator(NamedTuple):
     kwargs: dict  # of ``function``, besides the frames, the plan and ``workers``
     attrs: dict  # of the displacement array
     options: dict  # every estimate option, checked (validate.estimate_options)
+    # For a lazy movie: (make, sample), the plan with its noise weighting being
+    # ``make(sample)`` on the movie's first frames, computed in the estimate's own pass
+    # (:func:`graph_plan`); ``plan`` is then ``make(None)``, right in all but its
+    # weighting (for the layout).  None: ``plan`` is the plan.
+    weighting: tuple | None = None
+
+
+def graph_plan(est: Estimator):
+    """The estimator's plan as one key of a Dask graph that every task depends on.
+
+    For a lazy movie it is the task that fits the noise on the first frames and
+    prepares the plan: those frames are read in the same pass as the rest (each chunk
+    once), not before.
+    """
+    if est.weighting is None:
+        return dask.delayed(est.plan, pure=True)
+    make, sample = est.weighting
+    # Its chunks, not optimised on their own: that would fuse their reads into new
+    # keys, and those chunks would be read twice.  Only the frame axis is chunked.
+    blocks = sample.to_delayed(optimize_graph=False).ravel().tolist()
+    return dask.delayed(_plan_of_blocks, pure=True)(make, blocks)
+
+
+def _plan_of_blocks(make, blocks):
+    return make(np.concatenate(blocks))
 
 
 def prepare_estimate(
@@ -277,22 +324,74 @@ def prepare_estimate(
         )
     attrs.update(reference_attrs(reference))
     reference = reference_array(reference, da, spatial)
-    bounds = core.clip_bounds(reference, clip)
+    make = functools.partial(
+        weighted_plan,
+        reference,
+        clip=clip,
+        piecewise=method == "piecewise",
+        max_shift=max_shift,
+        whole_frame=whole_frame,
+        block_size=block_size,
+        overlap=overlap,
+    )
+    sample = noise_sample(da, dim, spatial)
+    weighting = None if da.chunks is None else (make, sample)
+    plan = make(sample if weighting is None else None)
     ndim = len(spatial)
     if method == "piecewise":
-        plan = core.prepare_piecewise(
-            reference, block_size=block_size, overlap=overlap, max_shift=max_shift, clip=bounds
-        )
         function, rigid_plan = _estimate_piecewise_chunk, plan.rigid
         width = (ndim + 1) * (1 + int(np.prod(plan.grid.grid_shape)))
         kwargs = {"upsample_factor": upsample_factor, "min_quality": min_quality}
     else:
-        plan = rigid_plan = make_plan(reference, max_shift, whole_frame, bounds)
+        rigid_plan = plan
         function, width, kwargs = _estimate_chunk, ndim + 1, {"upsample_factor": upsample_factor}
     attrs.update(
         estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
     )
-    return Estimator(spatial, plan, function, width, kwargs, attrs, options)
+    return Estimator(spatial, plan, function, width, kwargs, attrs, options, weighting)
+
+
+def weighted_plan(
+    reference, sample, *, clip, piecewise, max_shift, whole_frame, block_size, overlap
+):
+    """The plan (rigid or piecewise) with its clip and noise weighting from the noise
+    fitted on ``sample`` (None: the clip percentiles as they are, no weighting).
+
+    One BLAS thread, wherever it runs (here, in a Dask task, on a Spark driver): a
+    threaded matrix product sums in another order, and the plan's last bits (hence
+    the estimate's) would depend on where it was made.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _weighted_plan(
+            reference,
+            sample,
+            clip=clip,
+            piecewise=piecewise,
+            max_shift=max_shift,
+            whole_frame=whole_frame,
+            block_size=block_size,
+            overlap=overlap,
+        )
+
+
+def _weighted_plan(
+    reference, sample, *, clip, piecewise, max_shift, whole_frame, block_size, overlap
+):
+    if sample is None:
+        bounds, offset, noise = core.clip_bounds(reference, clip), None, None
+    else:
+        bounds, offset, noise = noise_weighting(reference, clip, sample)
+    if piecewise:
+        return core.prepare_piecewise(
+            reference,
+            block_size=block_size,
+            overlap=overlap,
+            max_shift=max_shift,
+            clip=bounds,
+            offset=offset,
+            noise=noise,
+        )
+    return make_plan(reference, max_shift, whole_frame, bounds, offset, noise)
 
 
 def reference_attrs(reference) -> dict:
@@ -318,7 +417,8 @@ def estimate(
     """
     da = labels_chunked_like_movie(da, dim)
     est = prepare_estimate(da, reference, dim=dim, **options)
-    values = _per_frame(da, dim, est.spatial, est.function, est.width, plan=est.plan, **est.kwargs)
+    plan = est.plan if da.chunks is None else graph_plan(est)
+    values = _per_frame(da, dim, est.spatial, est.function, est.width, plan=plan, **est.kwargs)
     smooth, min_quality = est.options["smooth"], est.options["min_quality"]
     shifts = displacements(
         values, est.plan, time_coords(da, dim), dim, est.spatial, est.attrs, smooth, min_quality
@@ -446,11 +546,38 @@ def grid_of(shifts: xr.DataArray) -> core.BlockGrid:
         ) from error
 
 
-def make_plan(reference: np.ndarray, max_shift=None, whole_frame: bool = False, clip=None):
+def make_plan(
+    reference: np.ndarray,
+    max_shift=None,
+    whole_frame: bool = False,
+    clip=None,
+    offset=None,
+    noise=None,
+):
     """The core's reference plan: windowed (default) or whole-frame circular (thunder)."""
     if whole_frame:
-        return core.prepare_whole_frame(reference, clip=clip)
-    return core.prepare_reference(reference, max_shift=max_shift, clip=clip)
+        return core.prepare_whole_frame(reference, clip=clip, offset=offset, noise=noise)
+    return core.prepare_reference(
+        reference, max_shift=max_shift, clip=clip, offset=offset, noise=noise
+    )
+
+
+def noise_sample(da: xr.DataArray, dim, spatial):
+    """The movie's first frames (``core.noise_sample_size``), for the noise fit: a
+    fixed sample, so that the estimate does not depend on the movie's chunking.  A
+    numpy array, or a Dask array (not read here) for a lazy movie."""
+    first = da.isel({dim: slice(0, core.noise_sample_size)}).transpose(dim, *spatial)
+    return first.data if da.chunks is not None else np.asarray(first.values)
+
+
+def noise_weighting(reference: np.ndarray, clip, sample: np.ndarray):
+    """Clip bounds, stabilising offset and noise model for a plan (DECISIONS: "The
+    frames' noise, fitted"): the noise fitted on ``sample`` (frames of the movie), that
+    the reference's expected look is averaged over (None if too small to matter).  The
+    offset (noise weighting) stays None: measured, it is not the default."""
+    bounds = core.clip_bounds(reference, clip)
+    noise = core.fit_noise(sample)
+    return bounds, None, noise if noise.matters(reference) else None
 
 
 def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold, clip=None) -> dict:

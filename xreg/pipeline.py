@@ -21,7 +21,6 @@ import sys
 from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
-import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
@@ -198,7 +197,7 @@ def lazy_pairs(data: dsa.Array, step: Pass) -> dsa.Array:
     The plan enters the graph once, as one key that every task depends on.
     """
     est = step.estimator
-    plan = dask.delayed(est.plan, pure=True)
+    plan = _xarray.graph_plan(est)
     return dsa.map_blocks(
         _register_block,
         data,
@@ -610,6 +609,12 @@ def run(
     if todo:
         target = zarr.open_array(output, path=name, mode="r+", **zarr_options)
         data = movie.data.blocks[todo]
+        if runner is not None and step.estimator.weighting is not None:
+            # The runner computes each chunk's graph on its own: the plan, fitted on the
+            # first frames, is made here once (those frames are read once more), not in
+            # every task.
+            plan = _xarray.graph_plan(step.estimator).compute(scheduler="sync")
+            step = step._replace(estimator=step.estimator._replace(plan=plan, weighting=None))
         pairs = lazy_pairs(data, step)
         regions = {i: slice(int(starts[i]), int(starts[i + 1])) for i in todo}
         written = dsa.map_blocks(

@@ -92,6 +92,19 @@ def local_context(app_name: str = "xreg", *, cores: int = 2, attempts: int = 1, 
     return context
 
 
+def _noise_sample(rdd) -> np.ndarray:
+    """The first frames (by key), which the accessor fits the noise on: from the first
+    partition(s) if they hold them (an RDD in frame order), else by a filter over all."""
+    size = core.noise_sample_size
+    first = sorted(rdd.take(size), key=lambda record: _key(record[0]))
+    if [_key(k) for k, _ in first] != list(range(len(first))):
+        first = sorted(
+            rdd.filter(lambda record: _key(record[0]) < size).collect(),
+            key=lambda record: _key(record[0]),
+        )
+    return np.stack([np.asarray(frame) for _, frame in first])
+
+
 def _key(key) -> int:
     """Frame index from a thunder key: ``(i,)`` or ``i``."""
     if isinstance(key, tuple | list) and len(key) == 1:
@@ -432,21 +445,24 @@ def estimate(
     )
     min_quality, clip = options["min_quality"], options["clip"]
     piecewise = method == "piecewise"
+    sample = _noise_sample(rdd)
+    settings = {
+        "clip": clip,
+        "piecewise": piecewise,
+        "max_shift": max_shift,
+        "whole_frame": whole_frame,
+        "block_size": block_size,
+        "overlap": overlap,
+    }
     if piecewise:
-        plan = core.prepare_piecewise(
-            reference,
-            block_size=block_size,
-            overlap=overlap,
-            max_shift=max_shift,
-            clip=core.clip_bounds(reference, clip),
-        )
-        plans = rdd.context.broadcast([plan])
+        plans = rdd.context.broadcast([_xarray.weighted_plan(reference, sample, **settings)])
     else:
         planes = [reference] if axis is None else list(np.moveaxis(reference, axis, 0))
+        samples = [sample] if axis is None else list(np.moveaxis(sample, axis + 1, 0))
         plans = rdd.context.broadcast(
             [
-                _xarray.make_plan(plane, max_shift, whole_frame, core.clip_bounds(plane, clip))
-                for plane in planes
+                _xarray.weighted_plan(plane, frames, **settings)
+                for plane, frames in zip(planes, samples, strict=True)
             ]
         )
 

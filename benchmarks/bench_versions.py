@@ -7,7 +7,8 @@
 directory; then, taking turns (A B A B ..., or A B C, B C A, C A B ... with more
 versions), a fresh Python process imports one version and times
 ``core.estimate_shifts`` (the accessor's default settings: ``clip=(1, 99)``,
-``upsample_factor=10``, all cores; best of 3) on the same movie as
+``upsample_factor=10``, all cores; best of 3; where the version has it, the noise
+model fitted on the first frames, which like the plan is made before the clock starts) on the same movie as
 ``bench_rigid.py`` (512 x 512, Poisson noise, known reference); ``--method
 piecewise`` times ``core.estimate_piecewise`` instead (128 px blocks, overlap 0.5;
 the RMS error is then the rigid part's).  The ratio to the first ``--against`` is
@@ -39,12 +40,18 @@ import json, sys, time
 import numpy as np
 from xreg import core
 frames = np.load(sys.argv[1]); reference = np.load(sys.argv[2]); truth = np.load(sys.argv[3])
-bounds = core.clip_bounds(reference, (1, 99))
+bounds, weighting = core.clip_bounds(reference, (1, 99)), {}
+if hasattr(core, "fit_noise"):  # the accessor's noise model, once per movie (issue 18)
+    noise = core.fit_noise(frames[: core.noise_sample_size])
+    if noise.matters(reference):
+        weighting = {"noise": noise}
 if sys.argv[4] == "piecewise":
-    plan = core.prepare_piecewise(reference, block_size=(128, 128), overlap=0.5, clip=bounds)
+    plan = core.prepare_piecewise(
+        reference, block_size=(128, 128), overlap=0.5, clip=bounds, **weighting
+    )
     estimate = lambda: core.estimate_piecewise(frames, plan, upsample_factor=10)[0]
 else:
-    plan = core.prepare_reference(reference, clip=bounds)
+    plan = core.prepare_reference(reference, clip=bounds, **weighting)
     estimate = lambda: core.estimate_shifts(frames, plan, upsample_factor=10)
 times, cpu = [], []
 for _ in range(3):

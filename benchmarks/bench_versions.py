@@ -5,17 +5,16 @@
 
 ``git archive`` copies the ``xreg`` package of each ``--against`` into a temporary
 directory; then, taking turns (A B A B ..., or A B C, B C A, C A B ... with more
-versions), a fresh Python process imports one version and times
-``core.estimate_shifts`` (the accessor's default settings: ``clip=(1, 99)``,
-``upsample_factor=10``, all cores; best of 3; where the version has it, the noise
-model fitted on the first frames, which like the plan is made before the clock starts) on the same movie as
-``bench_rigid.py`` (512 x 512, Poisson noise, known reference); ``--method
-piecewise`` times ``core.estimate_piecewise`` instead (128 px blocks, overlap 0.5;
-the RMS error is then the rigid part's).  The ratio to the first ``--against`` is
-taken round by round, so a slow spell of a shared machine hits both sides.  It is
-printed for the rate (wall clock) and for the CPU seconds (every thread's): on a
-busy machine the second moves less, as it does not count time spent waiting for a
-core.
+versions), a fresh Python process imports one version and times ``core.estimate_shifts``
+(the accessor's default settings: ``clip=(1, 99)``, ``upsample_factor=10``, all cores;
+best of 3; where the version has it, the noise model fitted on the first frames, which
+like the plan is made before the clock starts) on the same movie as ``bench_rigid.py``
+(512 x 512, Poisson noise, known reference); ``--method piecewise`` times
+``core.estimate_piecewise`` instead (128 px blocks, overlap 0.5; the RMS error is then
+the rigid part's). The ratio to the first ``--against`` is taken round by round, so a
+slow spell of a shared machine hits both sides. It is printed for the rate (wall clock)
+and for the CPU seconds (every thread's): on a busy machine the second moves less, as it
+does not count time spent waiting for a core.
 """
 
 from __future__ import annotations

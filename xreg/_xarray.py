@@ -245,8 +245,8 @@ class Estimator(NamedTuple):
     options: dict  # every estimate option, checked (validate.estimate_options)
     # For a lazy movie: (make, sample), the plan with its noise weighting being
     # ``make(sample)`` on the movie's first frames, computed in the estimate's own pass
-    # (:func:`graph_plan`); ``plan`` is then ``make(None)``, right in all but its
-    # weighting (for the layout).  None: ``plan`` is the plan.
+    # (:func:`graph_plan`); ``plan`` then holds only what the layout needs
+    # (:class:`PlanLayout`).  None: ``plan`` is the plan.
     weighting: tuple | None = None
 
 
@@ -335,8 +335,11 @@ def prepare_estimate(
         overlap=overlap,
     )
     sample = noise_sample(da, dim, spatial)
-    weighting = None if da.chunks is None else (make, sample)
-    plan = make(sample if weighting is None else None)
+    if da.chunks is None:
+        plan, weighting = make(sample), None
+    else:
+        # The plan is made in the graph; here only what the layout needs of it.
+        plan, weighting = make.func(reference, None, layout=True, **make.keywords), (make, sample)
     ndim = len(spatial)
     if method == "piecewise":
         function, rigid_plan = _estimate_piecewise_chunk, plan.rigid
@@ -351,16 +354,39 @@ def prepare_estimate(
     return Estimator(spatial, plan, function, width, kwargs, attrs, options, weighting)
 
 
+class PlanLayout(NamedTuple):
+    """What a displacement's layout needs of a rigid plan (its search range), before
+    the plan itself is made: a lazy movie's is made in the estimate's graph."""
+
+    max_shift: tuple[int, ...]
+
+
 def weighted_plan(
-    reference, sample, *, clip, piecewise, max_shift, whole_frame, block_size, overlap
+    reference,
+    sample,
+    *,
+    clip,
+    piecewise,
+    max_shift,
+    whole_frame,
+    block_size,
+    overlap,
+    layout=False,
 ):
     """The plan (rigid or piecewise) with its clip and noise weighting from the noise
-    fitted on ``sample`` (None: the clip percentiles as they are, no weighting).
+    fitted on ``sample`` (None: the clip percentiles as they are, no weighting); with
+    ``layout``, a :class:`PlanLayout` in place of the rigid plan and no block plans.
 
     One BLAS thread, wherever it runs (here, in a Dask task, on a Spark driver): a
     threaded matrix product sums in another order, and the plan's last bits (hence
     the estimate's) would depend on where it was made.
     """
+    if layout:
+        shape = reference.shape
+        rigid = PlanLayout(core.search_range(shape, shape if whole_frame else max_shift))
+        if piecewise:
+            return core.PiecewisePlan(rigid, core.block_grid(shape, block_size, overlap), None, ())
+        return rigid
     with threadpool_limits(limits=1, user_api="blas"):
         return _weighted_plan(
             reference,

@@ -10,6 +10,7 @@ from .correlation import (
     estimate_shifts,
     prepare_reference,
     prepare_whole_frame,
+    search_range,
 )
 from .noise import NoiseModel, fit_noise, noise_sample_size
 from .piecewise import (
@@ -49,6 +50,7 @@ __all__ = [
     "prepare_reference",
     "prepare_whole_frame",
     "rolling_median",
+    "search_range",
     "round_to_dtype",
     "sample_indices",
     "shift_frames",

@@ -55,6 +55,7 @@ __all__ = [
     "estimate_shifts",
     "prepare_reference",
     "prepare_whole_frame",
+    "search_range",
     "stack_plans",
     "window_profile",
 ]
@@ -359,11 +360,7 @@ def prepare_reference(
         )
     shape = ref.shape
     wants_overlap = overlap and margin is None and min(shape) >= _OVERLAP_MIN_SIZE
-    max_shift = _per_axis(max_shift, default_max_shift(shape), shape)
-    # Searching -h..h must not visit a shift twice (h <= (n - 1) // 2).
-    max_shift = tuple(
-        min(int(math.ceil(m)), (n - 1) // 2) for m, n in zip(max_shift, shape, strict=True)
-    )
+    max_shift = search_range(shape, max_shift)
     default_margin = tuple(min(m, n // 4) for m, n in zip(max_shift, shape, strict=True))
     margin = _per_axis(margin, default_margin, shape)
     margin = tuple(int(math.ceil(m)) for m in margin)
@@ -453,6 +450,27 @@ def _conditioned(frame, plan, out):
     if plan.offset is not None:
         frame = _stabilised(frame, plan.offset, out=out)
     return frame
+
+
+def search_range(shape: tuple[int, ...], max_shift=None) -> tuple[int, ...]:
+    """The largest shift searched per axis by a plan of frames of ``shape``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    max_shift : int or tuple of int, optional
+        As in :func:`prepare_reference` (default: :func:`default_max_shift`).
+
+    Returns
+    -------
+    tuple of int
+        Whole pixels, at most ``(n - 1) // 2``: searching ``-h..h`` must not visit a
+        shift twice.
+    """
+    max_shift = _per_axis(max_shift, default_max_shift(shape), shape)
+    return tuple(
+        min(int(math.ceil(m)), (n - 1) // 2) for m, n in zip(max_shift, shape, strict=True)
+    )
 
 
 def _per_axis(value, default, shape):

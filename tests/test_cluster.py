@@ -43,8 +43,7 @@ def test_estimate_on_the_cluster_matches_threads(dask_cluster, tmp_path):
 
 
 def test_reference_built_with_a_cluster_client_matches_threads(dask_cluster, tmp_path):
-    """The sample is read through whichever scheduler is active (a local read would
-    store into copies of the result on the workers)."""
+    """The sample is read through whichever scheduler is active: the same reference."""
     from distributed import Client
 
     make_store(tmp_path / "in.zarr")

@@ -72,8 +72,8 @@ def test_reference_reads_only_sampled_chunks():
 
 
 def test_reference_of_a_chunked_movie_is_built_from_its_sampled_frames(drifting):
-    """The Dask path reads the sample's runs of whole chunks straight into one array;
-    the reference is the one built from those frames in memory."""
+    """The Dask path hands the sample's runs of whole chunks over as they are read;
+    the reference is the one built from those frames stacked in memory."""
     moved, _, _ = drifting
     lazy = moved.chunk(time=50)
     index = core.sample_indices(300, 120, [50] * 6)

@@ -10,10 +10,8 @@ import functools
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
+import dask
 import dask.array
-import dask.base
-import dask.local
-import dask.threaded
 import numpy as np
 import xarray as xr
 from dask.delayed import Delayed
@@ -829,29 +827,15 @@ def field(shifts: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
 # --------------------------------------------------------------------------- reference
 
 
-def read_frames(da: xr.DataArray, dim: Hashable, index: np.ndarray) -> np.ndarray:
-    """The frames ``index`` (sorted) of ``da``, which has ``dim`` first, as numpy.
-
-    A Dask-backed movie's runs of consecutive frames (a sample of whole chunks) are
-    stored straight into the result on local threads: no gather, no concatenation.
+def read_frames(da: xr.DataArray, dim: Hashable, index: np.ndarray) -> list[np.ndarray]:
+    """The frames ``index`` (sorted) of ``da``, which has ``dim`` first, as numpy arrays:
+    one per run of consecutive frames (for a Dask-backed movie, a sample of whole
+    chunks: read as they are, in one computation, not copied into one array).
     """
     runs = np.split(index, np.flatnonzero(np.diff(index) != 1) + 1)
-    # (A distributed scheduler would store into copies of the result on its workers.)
-    local = (dask.threaded.get, dask.local.get_sync)
-    if (
-        da.chunks is None
-        or len(runs) > _READ_RUNS
-        or dask.base.get_scheduler(collections=[da.data]) not in local
-    ):
-        return np.asarray(da.isel({dim: index}).values)
-    out = np.empty((len(index), *da.shape[1:]), da.dtype)
-    starts = np.cumsum([0] + [len(run) for run in runs])
-    dask.array.store(
-        [da.data[run[0] : run[-1] + 1] for run in runs],
-        [out[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)],
-        lock=False,
-    )
-    return out
+    if da.chunks is None or len(runs) > _READ_RUNS:
+        return [np.asarray(da.isel({dim: index}).values)]
+    return list(dask.compute(*[da.data[run[0] : run[-1] + 1] for run in runs]))
 
 
 _READ_RUNS = 16  # more runs than this (an even spread): one gather is cheaper

@@ -159,7 +159,8 @@ _AVERAGE_BATCH = 16  # frames summed per task: the same sums on any number of th
 
 
 def _average_registered(frames, shifts, index=None, workers=None):
-    """Mean of ``frames[index]`` moved by ``shifts``, counting only pixels that stayed inside.
+    """Mean of ``frames[index]`` (an array of frames, or a list of them) moved by
+    ``shifts``, counting only pixels that stayed inside.
 
     Linear interpolation: fast, and its slight smoothing averages out over frames
     with different fractional shifts; non-finite pixels are left out.  A few frames
@@ -167,7 +168,7 @@ def _average_registered(frames, shifts, index=None, workers=None):
     result does not depend on the threads.
     """
     index = np.arange(len(frames)) if index is None else np.asarray(index)
-    shape = frames.shape[1:]
+    shape = np.shape(frames[0])
     batches = [
         range(i, min(i + _AVERAGE_BATCH, len(index))) for i in range(0, len(index), _AVERAGE_BATCH)
     ]
@@ -215,9 +216,10 @@ def build_reference(
 
     Parameters
     ----------
-    frames : numpy.ndarray
-        A sample of the movie's frames, ``(n, *frame_shape)``; NaN pixels are
-        ignored.
+    frames : numpy.ndarray or sequence of numpy.ndarray
+        A sample of the movie's frames, ``(n, *frame_shape)``, or its runs of
+        frames (arrays of such frames, as read chunk by chunk: used as they are, not
+        copied into one); NaN pixels are ignored.
     iterations : int, default 4
         Register-and-average rounds after the seed.
     upsample_factor : int, default 10
@@ -242,21 +244,22 @@ def build_reference(
         ``(n, ndim + 1)``: each sampled frame's displacement and quality relative
         to the returned reference (None if ``return_shifts=False``).
     """
-    frames = np.asarray(frames)
-    n = len(frames)
+    runs = [np.asarray(frames)] if isinstance(frames, np.ndarray) else list(frames)
+    every = [frame for run in runs for frame in run]  # views, for the final average
+    n = len(every)
     # The rounds only choose frames and align them for the next average: the last runs
     # on frames binned down to about _COARSE_PIXELS (a displacement of s binned pixels
     # is one of factor * s pixels), the ones before (and the seed) on frames binned
     # further, to about _EARLY_PIXELS; the final average is taken of the full frames.
-    factor = _factor(frames.shape[1:], _COARSE_PIXELS)
-    coarse = bin_frames(frames, factor, workers) if factor > 1 else frames
+    factor = _factor(every[0].shape, _COARSE_PIXELS)
+    coarse = np.concatenate([bin_frames(run, factor, workers) for run in runs])
     early_factor = _factor(coarse.shape[1:], _EARLY_PIXELS) if iterations > 1 else 1
     early = bin_frames(coarse, early_factor, workers) if early_factor > 1 else coarse
     filled = _filled(early)
     seed = _seed_members(bin_frames(filled, _factor(early.shape[1:], _SEED_PIXELS)))
     reference = filled[seed].astype(np.float64).mean(axis=0)
-    full_search = default_max_shift(frames.shape[1:]) if max_shift is None else max_shift
-    full_search = np.broadcast_to(np.asarray(full_search), (frames.ndim - 1,))
+    full_search = default_max_shift(every[0].shape) if max_shift is None else max_shift
+    full_search = np.broadcast_to(np.asarray(full_search), (every[0].ndim,))
     for round_ in range(iterations):
         last = round_ == iterations - 1
         level, scale = (coarse, factor) if last else (early, factor * early_factor)
@@ -285,14 +288,14 @@ def build_reference(
             chosen = np.flatnonzero(~flag_bad_frames(quality))
             centre = np.median(shifts[chosen], axis=0)
             reference = _average_registered(
-                frames, factor * (shifts[chosen] - centre), chosen, workers
+                every, factor * (shifts[chosen] - centre), chosen, workers
             )
     if iterations == 0:  # the seed itself, of the full frames
-        full = _filled(frames)
-        reference = full[seed].astype(np.float64).mean(axis=0)
+        reference = _filled(np.stack([every[i] for i in seed])).astype(np.float64).mean(axis=0)
     if not return_shifts:
         return reference, None
     bounds = clip_bounds(reference, clip_percentiles)
     plan = prepare_reference(reference, max_shift=max_shift, clip=bounds)
+    frames = runs[0] if len(runs) == 1 else np.concatenate(runs)
     result = estimate_shifts(frames, plan, upsample_factor=upsample_factor, workers=workers)
     return reference, result

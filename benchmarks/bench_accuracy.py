@@ -1,7 +1,7 @@
 """Rigid accuracy against the Cramér-Rao bound, at every light level (issue 18).
 
     python benchmarks/bench_accuracy.py [--frames 100] [--size 384] [--drift 20]
-        [--images camera,astronaut,brick] [--suite2p PYTHON] [--skip-slow] [--losses]
+        [--images camera,astronaut,retina] [--suite2p PYTHON] [--skip-slow] [--losses]
 
 The scenes are scikit-image's bundled photographs (grey, blurred by a Gaussian of
 1 px as by a microscope's PSF, mapped to intensities 0.1..1 so that no pixel is

@@ -235,7 +235,8 @@ def test_killed_runs_resume_to_identical_output(tmp_path, killable):
     before = _done(killed)
     assert state["stage"] == "writing" and 3 <= len(before) < 40
     times = {c: (killed / pipeline.DONE_PREFIX / c).stat().st_mtime_ns for c in before}
-    resumed = subprocess.run(command(killed), capture_output=True, text=True, check=True)
+    resumed = subprocess.run(command(killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     # It resumed from the chunks already done: its bar starts there, and they were not redone.
     counts = _bar_counts(resumed.stderr)
     assert counts[0] == (10 * len(before), 400) and counts[-1] == (400, 400)
@@ -276,6 +277,18 @@ def _data_chunks(store: Path, var: str = "movie") -> list:
     return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
 
 
+def test_done_records_of_an_empty_folder_are_none(tmp_path):
+    """A kill between creating the records' folder and writing the first record into it
+    leaves the folder empty: no chunk is done (the resume crashed on it)."""
+    (tmp_path / "out.zarr" / pipeline.DONE_PREFIX).mkdir(parents=True)
+    store = pipeline.RunStore(str(tmp_path / "out.zarr"))
+    assert store.done() == {}
+    (tmp_path / "out.zarr" / pipeline.DONE_PREFIX / "2").write_text("[[0.5, -1.0, 0.9]]")
+    (tmp_path / "out.zarr" / pipeline.DONE_PREFIX / "3").write_text("[[0.5, -1")  # cut short
+    assert list(store.done()) == [2]
+    np.testing.assert_array_equal(store.done()[2], [[0.5, -1.0, 0.9]])
+
+
 def test_killed_while_writing_chunks_resumes_to_identical_output(tmp_path, killable):
     """SIGKILL the moment the registered movie's first chunk objects appear in the store."""
     command, clean = killable
@@ -290,7 +303,8 @@ def test_killed_while_writing_chunks_resumes_to_identical_output(tmp_path, killa
     # What a kill inside zarr's own write of an object leaves (it writes a `.partial`
     # file, then renames it), whether or not this kill left one: the resume removes it.
     (killed / "movie" / "c" / "0.0123456789abcdef.partial").write_bytes(b"half")
-    resumed = subprocess.run(command(killed), capture_output=True, text=True, check=True)
+    resumed = subprocess.run(command(killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _bar_counts(resumed.stderr)[0] == (10 * len(done), 400)
     xr.testing.assert_identical(xr.open_zarr(clean), xr.open_zarr(killed))
     assert _chunk_files(clean, "movie") == _chunk_files(killed, "movie")

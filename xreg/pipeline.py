@@ -430,6 +430,8 @@ class RunStore:
         except FileNotFoundError:
             return {}
         keys = [DONE_PREFIX + entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries]
+        if not keys:  # (the folder is there, no record yet: fsspec fails on no keys)
+            return {}
         # Fetched in one call: an object store serves the requests concurrently, where
         # one by one each chunk's record would cost a round trip (62,500 at 1 TB).
         tables = {}

@@ -386,36 +386,23 @@ def weighted_plan(
             return core.PiecewisePlan(rigid, core.block_grid(shape, block_size, overlap), None, ())
         return rigid
     with threadpool_limits(limits=1, user_api="blas"):
-        return _weighted_plan(
-            reference,
-            sample,
-            clip=clip,
-            piecewise=piecewise,
-            max_shift=max_shift,
-            whole_frame=whole_frame,
-            block_size=block_size,
-            overlap=overlap,
-        )
-
-
-def _weighted_plan(
-    reference, sample, *, clip, piecewise, max_shift, whole_frame, block_size, overlap
-):
-    if sample is None:
-        bounds, offset, noise = core.clip_bounds(reference, clip), None, None
-    else:
-        bounds, offset, noise = noise_weighting(reference, clip, sample)
-    if piecewise:
-        return core.prepare_piecewise(
-            reference,
-            block_size=block_size,
-            overlap=overlap,
-            max_shift=max_shift,
-            clip=bounds,
-            offset=offset,
-            noise=noise,
-        )
-    return make_plan(reference, max_shift, whole_frame, bounds, offset, noise)
+        bounds = core.clip_bounds(reference, clip)
+        # The noise the reference's expected look is averaged over (DECISIONS: "The
+        # frames' noise, fitted"); None if too small to matter.  The stabilising
+        # transform (the core's ``offset``) stays off: measured, it is not the default.
+        noise = None if sample is None else core.fit_noise(sample)
+        if noise is not None and not noise.matters(reference):
+            noise = None
+        if piecewise:
+            return core.prepare_piecewise(
+                reference,
+                block_size=block_size,
+                overlap=overlap,
+                max_shift=max_shift,
+                clip=bounds,
+                noise=noise,
+            )
+        return make_plan(reference, max_shift, whole_frame, bounds, noise)
 
 
 def reference_attrs(reference) -> dict:
@@ -571,19 +558,12 @@ def grid_of(shifts: xr.DataArray) -> core.BlockGrid:
 
 
 def make_plan(
-    reference: np.ndarray,
-    max_shift=None,
-    whole_frame: bool = False,
-    clip=None,
-    offset=None,
-    noise=None,
+    reference: np.ndarray, max_shift=None, whole_frame: bool = False, clip=None, noise=None
 ):
     """The core's reference plan: windowed (default) or whole-frame circular (thunder)."""
     if whole_frame:
-        return core.prepare_whole_frame(reference, clip=clip, offset=offset, noise=noise)
-    return core.prepare_reference(
-        reference, max_shift=max_shift, clip=clip, offset=offset, noise=noise
-    )
+        return core.prepare_whole_frame(reference, clip=clip, noise=noise)
+    return core.prepare_reference(reference, max_shift=max_shift, clip=clip, noise=noise)
 
 
 def noise_sample(da: xr.DataArray, dim, spatial):
@@ -592,16 +572,6 @@ def noise_sample(da: xr.DataArray, dim, spatial):
     numpy array, or a Dask array (not read here) for a lazy movie."""
     first = da.isel({dim: slice(0, core.noise_sample_size)}).transpose(dim, *spatial)
     return first.data if da.chunks is not None else np.asarray(first.values)
-
-
-def noise_weighting(reference: np.ndarray, clip, sample: np.ndarray):
-    """Clip bounds, stabilising offset and noise model for a plan (DECISIONS: "The
-    frames' noise, fitted"): the noise fitted on ``sample`` (frames of the movie), that
-    the reference's expected look is averaged over (None if too small to matter).  The
-    offset (noise weighting) stays None: measured, it is not the default."""
-    bounds = core.clip_bounds(reference, clip)
-    noise = core.fit_noise(sample)
-    return bounds, None, noise if noise.matters(reference) else None
 
 
 def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold, clip=None) -> dict:

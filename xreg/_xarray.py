@@ -393,6 +393,10 @@ def weighted_plan(
         noise = None if sample is None else core.fit_noise(sample)
         if noise is not None and not noise.matters(reference):
             noise = None
+        if noise is not None:
+            # Bounds inside the noise of photon-starved frames move out of it
+            # (DECISIONS: "The clip spares the noise").
+            bounds = noise.spare_noise(reference, bounds)
         if piecewise:
             return core.prepare_piecewise(
                 reference,

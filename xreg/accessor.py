@@ -141,7 +141,10 @@ class RegAccessor:
             Percentiles of the reference: the reference and every frame are
             clipped to the intensities there before they are compared, so that
             cells lit by a calcium transient cannot dominate the match (as
-            suite2p does).  ``None`` compares raw intensities.  With
+            suite2p does).  In photon-starved frames, where bounds this close
+            would cut more than a tenth of the frames' information on the motion
+            (their noise crosses them), they move out by one noise standard
+            deviation.  ``None`` compares raw intensities.  With
             ``reference=None`` it applies to building the reference too.
         spatial_dims : sequence of hashable, optional
             As in :meth:`reference`.  A movie with a ``channel`` dim is refused

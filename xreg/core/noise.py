@@ -8,6 +8,10 @@ that does not move the correlation peak, ``sqrt(x + offset)`` with one number,
 transformed reference weights each pixel by its noise (bright pixels, noisier, weigh
 less), which brings the estimate closer to the Cramér-Rao bound under shot noise.
 Without shot noise (``gain`` about 0) the transform is the identity: equal weights.
+
+The same model says what the intensity clip costs (:meth:`NoiseModel.information_kept`)
+and moves its bounds out of the noise where that cost is large
+(:meth:`NoiseModel.spare_noise`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ noise_sample_size = 8
 # _TRIM times the bin's mean square (edges of the scene, not noise) are dropped.
 _BINS = 16
 _MAX_BLOCKS = 2**17
-_MAX_PIXELS = 2**15
 _TRIM = 16.0
 # The transform is used only where it changes the weights by more than this ratio
 # between the reference's darkest and brightest (1st and 99th percentile) pixels.
@@ -35,6 +38,9 @@ _MIN_WEIGHT_RATIO = 1.1
 # Up to it the clip tames calcium transients at a small price; beyond it (its bounds
 # lie inside the noise of photon-starved frames) it mostly cuts noise.
 _MAX_CLIP_LOSS = 0.1
+# Pixels the clip's cost is measured on (every few of the reference's): enough for a
+# share, cheap (10 ms at 512 x 512, once per plan).
+_MAX_PIXELS = 2**15
 # Noise below this fraction of the reference's spread (1st to 99th percentile) at its
 # median is not weighted: it barely moves the estimate, and what the fit measures there
 # may be the scene's own fine detail, not noise.
@@ -93,8 +99,6 @@ class NoiseModel(tuple):
         ``(sum g^2)^2 / sum g^2 var``.
         """
         reference = np.asarray(reference, dtype=np.float64)
-        # Every few pixels, at most _MAX_PIXELS: the shares are means over pixels, and
-        # this runs once per plan.
         step = -(-reference.size // _MAX_PIXELS)
         slope = sum(np.square(g) for g in np.gradient(reference)).ravel()[::step]
         reference = reference.ravel()[::step]
@@ -105,9 +109,7 @@ class NoiseModel(tuple):
         a, b = (low - reference) / sigma, (high - reference) / sigma
         below, inside = ndtr(a), ndtr(b) - ndtr(a)
         above = 1.0 - below - inside
-        pdf_a, pdf_b = np.exp(-0.5 * a * a), np.exp(-0.5 * b * b)
-        pdf_a /= np.sqrt(2 * np.pi)
-        pdf_b /= np.sqrt(2 * np.pi)
+        pdf_a, pdf_b = (np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi) for z in (a, b))
         # The censored Gaussian's mean and second moment.
         mean = low * below + high * above + reference * inside + sigma * (pdf_a - pdf_b)
         second = (
@@ -118,9 +120,11 @@ class NoiseModel(tuple):
             + sigma**2 * (a * pdf_a - b * pdf_b)
         )
         clipped_variance = np.maximum(second - mean**2, 0.0)
-        full = np.sum(slope) ** 2 / np.sum(slope * sigma**2)
-        kept = np.sum(slope * inside) ** 2 / np.sum(slope * clipped_variance)
-        return float(kept / full) if np.isfinite(kept / full) else 1.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kept = np.sum(slope * inside) ** 2 / np.sum(slope * clipped_variance)
+            share = kept / (np.sum(slope) ** 2 / np.sum(slope * sigma**2))
+        # A flat reference (no gradient): nothing to lose.
+        return float(share) if np.isfinite(share) else 1.0
 
     def spare_noise(self, reference: np.ndarray, bounds):
         """``bounds`` as they are, or moved out by one noise standard deviation each

@@ -634,6 +634,9 @@ def run(
             elif not cluster.compute_on_cluster(written, report):  # else the local scheduler
                 with _Progress(written.name, report):
                     written.compute()
+        # A worker killed while writing left its object half written (the chunk was
+        # retried and written whole): every writer is done now, so any is an orphan.
+        store.remove_partial_writes()
         done = store.done()
     table = np.concatenate([done[i] for i in range(len(sizes))])
     shifts = displacements(table, movie, step)

@@ -168,6 +168,14 @@ def test_clip_option(tmp_path, capsys):
         (["register", "{badtif}", "{out}"], "not a readable TIFF"),
         (["register", "{flat}", "{out}"], "stack of frames"),
         (["register", "{store}", "{store}"], "never writes into its input"),
+        # --overwrite removes OUTPUT whole: never one that holds the input.
+        (["register", "{store}", "{tmp}", "--overwrite"], "OUTPUT holds INPUT"),
+        (
+            ["register", "{store}", "{refs}", "--reference", "{ref}", "--overwrite"],
+            "OUTPUT holds the",
+        ),
+        (["register", "{store}", "{out}", "--reference", "{small}"], "expected one frame"),
+        (["register", "{store}", "{out}", "--reference", "{texttif}"], "not a readable frame"),
         (["register", "{store}", "{out}", "--reference", "first:x"], "first:10"),
         (["register", "{store}", "{out}", "--reference", "nofile.npy"], "not a file"),
         (["estimate", "{store}", "{out_txt}"], ".zarr, .nc or .csv"),
@@ -184,7 +192,16 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
         "badtif": tmp_path / "broken.tif",
         "flat": tmp_path / "flat.tif",
         "frames": tmp_path / "frames.zarr",
+        "tmp": tmp_path,
+        "refs": tmp_path / "refs",
+        "ref": tmp_path / "refs" / "ref.npy",
+        "small": tmp_path / "small.npy",
+        "texttif": tmp_path / "notes.tif",
     }
+    paths["texttif"].write_text("not a TIFF")
+    paths["refs"].mkdir()
+    np.save(paths["ref"], np.ones((64, 64)))
+    np.save(paths["small"], np.ones((8, 8)))
     make_store(paths["store"], n_frames=20)
     paths["text"].write_text("hello")
     paths["badtif"].write_bytes(b"II*\x00garbage")
@@ -197,6 +214,19 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert err.startswith("xreg: error:") and message in err
     assert len(err.strip().splitlines()) == 1  # one line, no traceback
     assert sorted(p.name for p in (tmp_path / "in.zarr").rglob("*")) == before
+    assert paths["ref"].exists()
+
+
+def test_overwrite_removes_the_old_output_only_once_the_new_run_can_start(tmp_path, capsys):
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    make_store(source, n_frames=20)
+    assert run("register", source, output, "--quiet") == 0
+    before = open_output(output)["movie"].values
+    np.save(tmp_path / "small.npy", np.ones((8, 8)))
+    for bad in (["--reference", tmp_path / "small.npy"], ["--reference", "first:0"]):
+        assert run("register", source, output, "--overwrite", *bad, "--quiet") == 2
+        assert "--reference" in capsys.readouterr().err
+        np.testing.assert_array_equal(open_output(output)["movie"].values, before)
 
 
 def test_help_on_each_subcommand():

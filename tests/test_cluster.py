@@ -53,6 +53,20 @@ def test_reference_built_with_a_cluster_client_matches_threads(dask_cluster, tmp
     xr.testing.assert_identical(on_cluster, movie.reg.reference(n_frames=30))
 
 
+def test_processes_start_a_local_cluster_of_their_own(tmp_path, capsys):
+    make_store(tmp_path / "in.zarr", n_frames=12)
+    common = ["estimate", str(tmp_path / "in.zarr"), "--reference", "first:5", "--quiet"]
+    assert main([*common, str(tmp_path / "own.csv"), "--processes", "1"]) == 0
+    assert main([*common, str(tmp_path / "threads.csv")]) == 0
+    xr.testing.assert_identical(
+        io.read_displacement(tmp_path / "own.csv"),
+        io.read_displacement(tmp_path / "threads.csv"),
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*common, str(tmp_path / "bad.csv"), "--processes", "0"])
+    assert exit_info.value.code == 2 and "processes" in capsys.readouterr().err
+
+
 def test_cluster_options_are_checked_before_any_work(tmp_path):
     with pytest.raises(XregError, match="give one of them"):
         cluster.check_cluster_options("tcp://127.0.0.1:1", 2, None)

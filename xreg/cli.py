@@ -208,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         cluster.add_argument(
             "--processes",
-            type=_positive_int,
+            type=_positive_int("processes"),
             metavar="N",
             help="start a local Dask cluster of N worker processes (--workers threads each, "
             "default 1) for this run",
@@ -326,10 +326,21 @@ def _store_name(path: str) -> str:
 
 
 def _check_not_input(args) -> None:
-    """OUTPUT must be neither the input nor inside it: the input is never written."""
-    source, target = _store_name(args.input), _store_name(args.output)
-    if target == source or target.startswith(source + "/"):
-        raise XregError("OUTPUT is the INPUT or inside it; xreg never writes into its input.")
+    """OUTPUT must not hold, be, or lie inside the input or a ``--reference`` file: they
+    are never written, nor removed by ``--overwrite`` (which removes OUTPUT whole)."""
+    target = _store_name(args.output)
+    sources = {"INPUT": args.input}
+    if args.reference not in ("auto", "mean") and not args.reference.startswith("first:"):
+        sources["the --reference file"] = args.reference
+    for name, source in sources.items():
+        source = _store_name(source)
+        if target == source or target.startswith(source + "/"):
+            raise XregError(f"OUTPUT is {name} or inside it; xreg never writes into its input.")
+        if source.startswith(target + "/"):
+            raise XregError(
+                f"OUTPUT holds {name}; xreg never writes over its input (--overwrite would "
+                "remove it). Choose an OUTPUT that does not contain it."
+            )
 
 
 def _settings(args) -> dict:

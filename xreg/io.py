@@ -441,22 +441,33 @@ def open_reference(
     path = local_path(spec)
     if not path.exists():
         raise XregError(f"--reference {spec}: not a file, and not one of auto, mean, first:N.")
-    if path.suffix == ".npy":
-        image = np.load(path, allow_pickle=False)
-    elif path.name.lower().endswith(TIFF_SUFFIXES):
-        import tifffile
-
-        image = tifffile.imread(path)
-    else:
-        with xr.open_dataset(path, engine="zarr" if _is_zarr(path) else None) as dataset:
-            image = dataset[next(iter(dataset.data_vars))].values
-    image = np.squeeze(image)
-    if image.ndim != len(spatial):
+    try:
+        image = np.squeeze(_read_frame(path))
+    except Exception as error:
+        raise XregError(
+            f"--reference {spec}: not a readable frame ({type(error).__name__}: {error}); "
+            "give a .npy, a TIFF, or a Zarr/netCDF holding one frame."
+        ) from error
+    shape = tuple(movie.sizes[d] for d in spatial)
+    if image.shape != shape:
         raise XregError(
             f"--reference {spec}: holds an array of shape {image.shape}; expected one frame "
-            f"of the movie's {len(spatial)} spatial dims {tuple(spatial)}."
+            f"of the movie, {dict(zip(spatial, shape, strict=True))}."
         )
     return xr.DataArray(image, dims=spatial, attrs={"method": f"file {spec}"})
+
+
+def _read_frame(path: Path) -> np.ndarray:
+    """The array a reference file holds: .npy, TIFF, or the first variable of a
+    Zarr/netCDF."""
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.name.lower().endswith(TIFF_SUFFIXES):
+        import tifffile
+
+        return tifffile.imread(path)
+    with xr.open_dataset(path, engine="zarr" if _is_zarr(path) else None) as dataset:
+        return dataset[next(iter(dataset.data_vars))].values
 
 
 def check_displacement_path(

@@ -321,7 +321,6 @@ def register(
     ``channel``: a movie with a channel dim is estimated on this channel (a label or
     a position, :func:`choose_channel`), and every channel is moved, in the same task.
     """
-    da = _xarray.labels_chunked_like_movie(da, dim)
     bad_frames = validate.choice(bad_frames, "bad_frames", _xarray.BAD_FRAME_CHOICES)
     spatial_dims = estimate_options.get("spatial_dims")
     chosen = choose_channel(da, channel, dim=dim, spatial_dims=spatial_dims)
@@ -402,11 +401,6 @@ class RunStore:
     def remove(self) -> None:
         self.fs.rm(self.root, recursive=True)
 
-    def clear_except_record(self) -> None:
-        for entry in self.fs.ls(self.root, detail=False):
-            if entry.rstrip("/").rsplit("/", 1)[-1] != RUN_FILE:
-                self.fs.rm(entry, recursive=True)
-
     def remove_partial_writes(self) -> None:
         """Remove objects a killed write left half done.
 
@@ -443,26 +437,33 @@ class RunStore:
         return tables
 
 
-def _claim(store: RunStore, settings: dict, overwrite: bool) -> dict:
-    """Make the output ours; the recorded state of a matching earlier run, if any."""
+def _resumable(store: RunStore, settings: dict, overwrite: bool) -> dict | None:
+    """The recorded state of an earlier run with these settings, to resume; None for a
+    new run.  Checks only: nothing is removed here, so a run that fails before it
+    starts (a bad reference, say) leaves the output as it was."""
+    if not store.exists() or overwrite:
+        return None
+    state = store.record()
+    if state is None:
+        raise XregError(
+            f"{store.url} exists and was not started by xreg register; "
+            "pass --overwrite to replace it."
+        )
+    if state.get("settings") != settings:
+        raise XregError(
+            f"{store.url} holds a run with other settings or input; pass --overwrite "
+            "to start again, or repeat the earlier command to resume it."
+        )
+    return state
+
+
+def _start(store: RunStore, settings: dict) -> dict:
+    """Make the output a new run's: what was there (an output the user asked to
+    overwrite, or this run's own attempt killed before it wrote) is removed."""
     if store.exists():
-        state = store.record()
-        if overwrite:
-            store.remove()
-        elif state is None:
-            raise XregError(
-                f"{store.url} exists and was not started by xreg register; "
-                "pass --overwrite to replace it."
-            )
-        elif state.get("settings") != settings:
-            raise XregError(
-                f"{store.url} holds a run with other settings or input; pass --overwrite "
-                "to start again, or repeat the earlier command to resume it."
-            )
-        else:
-            return state
-    state = {"settings": settings, "stage": "started"}
+        store.remove()
     store.fs.makedirs(store.root, exist_ok=True)
+    state = {"settings": settings, "stage": "started"}
     store.write_record(state)
     return state
 
@@ -530,6 +531,8 @@ def run(
     estimate_options : dict, optional
         Keyword arguments of :meth:`xreg.accessor.RegAccessor.estimate`.
     overwrite : bool, default False
+        Replace whatever ``output`` holds; it is removed only once the reference is
+        built, so a run that fails before that leaves it as it was.
     compression : {"auto", "zstd", "lz4", "none"}, default "auto"
         Of the registered movie: Blosc (level 1, byte shuffle) with zstd or lz4, or
         none; ``auto`` is zstd for integer movies and none for float ones.
@@ -561,7 +564,7 @@ def run(
 
     Notes
     -----
-    Stages: ``started`` (the reference is built and the store's layout written),
+    Stages: ``started`` (the reference is built, then the store's layout written),
     ``writing`` (one graph: per chunk, read, estimate, apply, store the frames,
     then record the chunk as done with its estimates), ``complete`` (the
     displacements, flagged for bad frames over the whole movie, are written).  Every
@@ -578,23 +581,23 @@ def run(
     if chosen is not None:  # a run resumes only on the same channel
         settings = {**settings, "channel": chosen.record()}
     store = RunStore(output, storage_options)
-    state = _claim(store, settings, overwrite)
+    state = _resumable(store, settings, overwrite)
     if "time" not in movie.dims[:1]:
         movie = movie.transpose("time", ...)
-    movie = _whole_channels(_xarray.labels_chunked_like_movie(movie, "time"), chosen)
+    movie = _whole_channels(_xarray.labels_chunked_like_movie(movie), chosen)
     name = movie.name if movie.name is not None else "movie"
     sizes = movie.chunksizes["time"]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     n = int(starts[-1])
     zarr_options = {"storage_options": storage_options} if storage_options else {}
 
-    if state["stage"] == "complete":
+    if state is not None and state["stage"] == "complete":
         report(n)
         with _xarray_zarr_quietly():
             return xr.open_zarr(output, **zarr_options)
-    if state["stage"] == "started":
-        store.clear_except_record()  # anything here is from a run killed before writing
-        ref = reference()
+    if state is None or state["stage"] == "started":
+        ref = reference()  # first: if it fails, the output is still as it was
+        state = _start(store, settings)
         _write_layout(movie, name, ref, output, compression, zarr_options)
         state["stage"] = "writing"
         store.write_record(state)

@@ -65,6 +65,16 @@ def test_integer_shifts_exact(backend):
     np.testing.assert_array_equal(shifts.values, truth)
 
 
+def test_max_shift_bounds_the_displacement(backend):
+    """Motion beyond ``max_shift`` comes out at the bound (the binned search that sizes
+    each frame's window reaches further); motion within it stays exact."""
+    truth = [(0, 0), (10, -10), (-3, 2)]
+    movie = as_movie(np.stack([np.roll(CAMERA, t, axis=(0, 1)) for t in truth]), backend)
+    for upsample_factor in (1, 10):
+        shifts = movie.reg.estimate(CAMERA, max_shift=5, upsample_factor=upsample_factor)
+        np.testing.assert_array_equal(shifts.values, [truth[0], (5, -5), truth[2]])
+
+
 def test_border_motion_is_not_biased(backend):
     image = smooth_image((96, 80), seed=5)
     truth = np.random.default_rng(11).uniform(-4, 4, (24, 2))

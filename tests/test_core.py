@@ -129,6 +129,39 @@ def test_linear_shift_matches_scipy(mode):
     np.testing.assert_allclose(shift_frames(frames, shifts, mode=mode), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("order", [2, 3, 5])
+@pytest.mark.parametrize("rigid", [True, False])
+def test_spline_orders_keep_nan_local(order, rigid):
+    """A NaN pixel, or a NaN fill value, spoils only the pixels whose spline samples
+    reach it (scipy's prefilter alone spreads it over the whole frame)."""
+    from xreg.core import block_grid, warp_frames
+
+    shape, motion = (64, 60), np.array([0.5, -1.25])
+    image = ndimage.gaussian_filter(np.random.default_rng(4).normal(size=shape), 3)
+    frames = np.stack([image, image]).astype(np.float32)
+    frames[0, 30, 30] = np.nan
+    grid = block_grid(shape, 16, 0.5)
+
+    def moved(frames, **options):
+        if rigid:
+            return shift_frames(frames, np.tile(motion, (len(frames), 1)), order=order, **options)
+        blocks = np.broadcast_to(motion, (len(frames), *grid.grid_shape, 2))
+        return warp_frames(frames, blocks, grid, order=order, **options)
+
+    out = moved(frames)
+    reach = order // 2 + 2  # the linear footprint (2 px at a fractional shift), grown
+    hole = np.zeros(shape, bool)
+    hole[30 - reach : 30 + reach + 1, 31 - reach : 31 + reach + 1] = True
+    assert np.isnan(out[0]).any() and not np.isnan(out[0][~hole]).any()
+    np.testing.assert_allclose(out[0][~hole], out[1][~hole], atol=0.02 * np.ptp(image))
+    # The fill value NaN: a band at the borders the motion uncovers, the rest as with 0.
+    filled = moved(frames[1:], mode="constant", cval=np.nan)[0]
+    zero = moved(frames[1:], mode="constant", cval=0.0)[0]
+    inner = (slice(reach, -reach), slice(reach, -reach))
+    assert np.isnan(filled).any() and not np.isnan(filled[inner]).any()
+    np.testing.assert_array_equal(filled[inner], zero[inner])
+
+
 def test_integer_shift_is_exact_and_moves_back():
     frames = np.stack([np.roll(CAMERA, (3, -5), axis=(0, 1))]).astype(np.uint8)
     out = shift_frames(frames, [[3, -5]], order=3, mode="wrap")

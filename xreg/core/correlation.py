@@ -296,8 +296,9 @@ def prepare_reference(
     reference : numpy.ndarray
         The reference frame, 2-D or 3-D, finite, not constant.
     max_shift : int or tuple of int, optional
-        Largest displacement searched per axis, in pixels.  Default: 10 % of each
-        axis (at least 8 px, at most half the axis).
+        Largest displacement searched and reported per axis, in pixels (larger
+        motion comes out at the bound).  Default: 10 % of each axis (at least 8 px,
+        at most half the axis).
     margin : int or tuple of int, optional
         Border (per axis) given zero weight in each frame.  Default: ``max_shift``,
         capped at a quarter of the axis, so that content moved across the border
@@ -598,11 +599,17 @@ def estimate_shifts(
     workers = _workers(workers)
     batches = _batches(len(items), int(np.prod(items.shape[1:])), workers)
 
+    limit = np.asarray(plan.max_shift, dtype=np.float64)
+
     def run(batch):
         if plan.overlap is not None and upsample_factor > 1:
             out[batch, 0] = _estimate_overlap(items[batch, 0], plan, upsample_factor)
         else:
             out[batch] = _estimate_batch(items[batch], plan, upsample_factor)
+        # Nothing beyond max_shift is reported: the binned search that sizes each
+        # frame's window, and the subpixel walk from a peak on the search's edge, can
+        # reach past it when the motion does.
+        np.clip(out[batch, :, : plan.ndim], -limit, limit, out=out[batch, :, : plan.ndim])
 
     map_threads(run, batches, workers)
     return out if plan.stacked else out[:, 0]
@@ -749,10 +756,13 @@ def _estimate_batch(frames, plan, upsample_factor):
             weight = np.broadcast_to(weight, (m, count) + plan.shape).copy()
             weight[rows, cols] = np.where(finite, item_weight, np.float32(0))
             weight_sum = weight.sum(axis=axes, dtype=np.float64)
-    # centred = w * (f - mean_w(f)); its energy sum w (f - mean)^2 = sum centred * f.
-    # Frame by frame and in place: whole-batch temporaries cost more than the FFT.
+    # centred = w * (f - mean_w(f)), and its energy sum w (f - mean)^2 from the
+    # deviations themselves (sum centred * f would equal it in exact arithmetic, but
+    # in float32 a large offset, 1e6 over a contrast of 100, swamps it).  Frame by frame
+    # and in place: whole-batch temporaries cost more than the FFT.
     centred = np.empty(frames.shape, np.float32)
     clipped = np.empty(frames.shape[1:], np.float32)
+    deviation = np.empty(frames.shape[1:], np.float32)
     mean = np.empty((m, count))
     frame_energy = np.empty((m, count))
     for i, frame in enumerate(frames):
@@ -761,9 +771,11 @@ def _estimate_batch(frames, plan, upsample_factor):
         np.multiply(frame, item_weight, out=out)
         mean[i] = out.reshape(count, -1).sum(axis=1, dtype=np.float64)
         mean[i] /= np.maximum(weight_sum[i], _TINY)
-        np.subtract(frame, mean[i].astype(np.float32).reshape(expand), out=out)
-        out *= item_weight
-        frame_energy[i] = np.einsum("ij,ij->i", out.reshape(count, -1), frame.reshape(count, -1))
+        np.subtract(frame, mean[i].astype(np.float32).reshape(expand), out=deviation)
+        np.multiply(deviation, item_weight, out=out)
+        frame_energy[i] = np.einsum(
+            "ij,ij->i", out.reshape(count, -1), deviation.reshape(count, -1)
+        )
 
     cross = sfft.rfftn(centred, axes=axes, workers=1)
     cross *= conj_ref
@@ -845,8 +857,10 @@ def _finish(
     shifts = shifts + origin
     frame_energy, weight_sum, mean = sums
     quality = best / np.sqrt(np.maximum(frame_energy, _TINY))
-    # Constant frames: what is left after centring is float32 rounding of the mean.
-    flat_frames = frame_energy <= 1e-10 * weight_sum * (mean**2 + _TINY)
+    # Constant frames: what is left after centring is float32 rounding of the mean
+    # (half a step, 6e-8 of it); a standard deviation under 1e-6 of the mean (8 float32
+    # steps) is that, not contrast.  A frame of contrast 100 over an offset of 1e6 is not.
+    flat_frames = frame_energy <= 1e-12 * weight_sum * (mean**2 + _TINY)
     shifts[flat_frames] = 0.0
     quality[flat_frames] = 0.0
     # Wrap to the signed range, for searches that span the whole axis.

@@ -11,6 +11,7 @@ frames, so the blocks' own edges do not bias them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ from .correlation import (
     prepare_reference,
     stack_plans,
 )
-from .shift import SCIPY_MODES, _working_dtype, round_to_dtype
+from .shift import _working_dtype, round_to_dtype, spline_resample
 
 # Frames whose blocks are cut and estimated together: enough blocks to amortise the
 # per-call overhead, few enough that a step's arrays stay small (4 x 49 x 128^2: 13 MB).
@@ -435,7 +436,7 @@ def warp_frames(
             moved = _warp_frame(frame, values[i], matrices, order, mode, cval)
         else:
             coords = np.indices(grid.shape, dtype=work) + _interpolate(values[i], matrices)
-            spline_mode = SCIPY_MODES.get(mode, mode)
-            moved = ndimage.map_coordinates(frame, coords, order=order, mode=spline_mode, cval=cval)
+            resample = functools.partial(ndimage.map_coordinates, coordinates=coords)
+            moved = spline_resample(frame, resample, order, mode, cval)
         out[i] = round_to_dtype(moved, frames.dtype)
     return out

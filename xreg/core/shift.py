@@ -4,17 +4,21 @@
 inverse of the motion ``f = scipy.ndimage.shift(reference, d)``.  Integer shifts
 are exact gathers along each axis; fractional shifts of order 0 and 1 are
 separable too (nearest sample, or two samples and a linear blend per axis);
-higher orders use ``scipy.ndimage.shift`` (B-spline interpolation).
+higher orders use ``scipy.ndimage.shift`` (B-spline interpolation), with NaN pixels
+kept local (:func:`spline_resample`).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import XregError
 
-__all__ = ["MODES", "round_to_dtype", "shift_frames"]
+__all__ = ["MODES", "round_to_dtype", "shift_frames", "spline_resample"]
 
 # Boundary modes, named as in scipy.ndimage.  "constant" fills with ``cval`` and
 # "wrap" is periodic: scipy's "grid-constant" and "grid-wrap" (the frame is not
@@ -79,6 +83,35 @@ def _shift_separable(frame, shift, order, mode, cval):
     return out
 
 
+def spline_resample(frame, resample, order: int, mode: str, cval: float) -> np.ndarray:
+    """``resample(frame, order=, mode=, cval=)`` (scipy's B-spline ``shift`` or
+    ``map_coordinates``, its motion bound in, ``order`` >= 2; ``mode`` as in
+    :data:`MODES`), with non-finite pixels and a non-finite ``cval`` kept local.
+
+    The spline's prefilter spreads one NaN over the whole frame, so non-finite pixels
+    are first filled with their nearest finite neighbour (and a non-finite ``cval``
+    with 0); after, the pixels whose spline samples reach them are set to NaN (to
+    ``cval``): the footprint of linear interpolation, grown by ``order // 2`` pixels.
+    """
+    spline_mode = SCIPY_MODES.get(mode, mode)
+    bad = ~np.isfinite(frame)
+    unknown_outside = mode == "constant" and not math.isfinite(cval)
+    if not (bad.any() or unknown_outside):
+        return resample(frame, order=order, mode=spline_mode, cval=cval)
+    if bad.any():
+        nearest = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
+        frame = frame[tuple(nearest)]
+    moved = resample(frame, order=order, mode=spline_mode, cval=0.0 if unknown_outside else cval)
+    reach = order // 2
+    if bad.any():
+        touched = resample(bad.astype(frame.dtype), order=1, mode=spline_mode, cval=0.0) > 0
+        moved[ndimage.binary_dilation(touched, iterations=reach)] = np.nan
+    if unknown_outside:
+        touched = resample(np.zeros_like(frame), order=1, mode=spline_mode, cval=1.0) > 0
+        moved[ndimage.binary_dilation(touched, iterations=reach)] = cval
+    return moved
+
+
 def _working_dtype(dtype: np.dtype) -> np.dtype:
     """float32 where it holds every value exactly (and for float32 itself), else float64."""
     if dtype == np.float32 or (dtype.kind in "iu" and dtype.itemsize <= 2):
@@ -133,7 +166,7 @@ def shift_frames(
         elif order <= 1 or np.all(shift == np.round(shift)):
             moved = _shift_separable(frame, shift, order, mode, cval)
         else:
-            spline_mode = SCIPY_MODES.get(mode, mode)
-            moved = ndimage.shift(frame, -shift, order=order, mode=spline_mode, cval=cval)
+            resample = functools.partial(ndimage.shift, shift=-shift)
+            moved = spline_resample(frame, resample, order, mode, cval)
         out[i] = round_to_dtype(moved, frames.dtype)
     return out

@@ -132,6 +132,13 @@ def _whole_pixel_exact(shifts):
     assert np.all(shifts.quality.values > 0.999)
 
 
+def _with_flipped_reference():
+    """The movie's reference with its ``y`` labels (and rows) in reverse order."""
+    labelled = movie().assign_coords(y=np.arange(SIZE))
+    ref = xr.DataArray(reference(), dims=("y", "x"), coords={"y": np.arange(SIZE)})
+    return labelled.reg.estimate(ref.isel(y=slice(None, None, -1)), upsample_factor=1)
+
+
 def _nan_frame(shifts):
     np.testing.assert_allclose(shifts.values[[0, 1, 3, 4]], TRUTH[[0, 1, 3, 4]], atol=1e-9)
     assert shifts.values[2].tolist() == [0.0, 0.0] and shifts.quality.values[2] == 0.0
@@ -749,6 +756,63 @@ CASES = [
         "register-channel-unknown",
         lambda tmp: movie().expand_dims(channel=["red"], axis=1).reg.register(REF(), channel=3),
         refused("`channel` 3", "['red']"),
+    ),
+    # Keyword typos, Datasets where one array belongs: named, not a TypeError.
+    (
+        "register-typo-option",
+        lambda tmp: movie().reg.register(REF(), upsample=3),
+        refused("`upsample`", "`upsample_factor`"),
+    ),
+    (
+        "dataset-estimate-typo-option",
+        lambda tmp: movie().to_dataset(name="m").reg.estimate(REF(), max_shfit=4),
+        refused("`max_shfit`", "`max_shift`"),
+    ),
+    (
+        "dataset-apply-unknown-option",
+        lambda tmp: movie().to_dataset(name="m").reg.apply(movie().reg.estimate(REF()), foo=1),
+        refused("`foo`", "bad_frames"),
+    ),
+    (
+        "dataset-estimate-var-list",
+        lambda tmp: movie().to_dataset(name="m").reg.estimate(REF(), var=["m"]),
+        refused("`var` names one variable", "['m']"),
+    ),
+    (
+        "estimate-reference-dataset",
+        lambda tmp: movie().reg.estimate(movie().isel(time=0).to_dataset(name="r")),
+        refused("Dataset", "['r']"),
+    ),
+    (
+        "apply-shifts-dataset",
+        lambda tmp: movie().reg.apply(movie().reg.estimate(REF()).to_dataset()),
+        refused("Dataset", "read_displacement"),
+    ),
+    (
+        # float32 inside: a large offset (3e7 over a contrast of 600) must not swamp the
+        # contrast (it made every frame "constant": displacement 0, quality 0, no warning).
+        "estimate-large-offset",
+        lambda tmp: (movie() + 3e7).reg.estimate(REF() + 3e7),
+        holds(exact_truth(atol=0.02)),
+    ),
+    (
+        # Clipped at a scaled reference's percentiles, every frame came out flat.
+        "estimate-reference-in-other-units",
+        lambda tmp: movie().reg.estimate(REF() * 1000),
+        refused("not in the frames' units", "clip=None"),
+    ),
+    (
+        "estimate-integer-dim-names",
+        lambda tmp: xr.DataArray(frames_at(TRUTH), dims=(0, 1, 2)).reg.estimate(
+            REF(), dim=0, upsample_factor=1
+        ),
+        holds(exact_truth()),
+    ),
+    (
+        "estimate-reference-flipped-coords",
+        # The movie's own frame with its y labels reversed: taken by label, not position.
+        lambda tmp: _with_flipped_reference(),
+        holds(exact_truth()),
     ),
 ]
 

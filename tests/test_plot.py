@@ -14,6 +14,7 @@ import xarray as xr  # noqa: E402
 from conftest import raise_if_dask_computes  # noqa: E402
 
 import xreg  # noqa: E402
+from xreg import io  # noqa: E402
 from xreg import plot as xplot  # noqa: E402
 
 
@@ -163,3 +164,34 @@ def test_summary_refuses_mismatched_inputs():
         xplot.summary(moved, moved, shifts.isel(time=slice(10)))
     with pytest.raises(xreg.XregError, match="frame"):
         xplot.summary(moved, moved, shifts, frame=30)
+
+
+def test_summary_and_metrics_on_a_store_with_labels_in_one_chunk(tmp_path):
+    """xreg's own stores hold ``bad_frame`` in one chunk beside frames in many: xarray
+    refuses such a DataArray's chunks unless its labels are rechunked where it enters."""
+    still = xreg.datasets.mouse(n_frames=12, shape=(64, 64), seed=3)
+    moved, _ = xreg.datasets.add_motion(still, max_drift=2, subpixel=True, seed=3)
+    labelled = moved.chunk(time=4).assign_coords(stim=("time", np.arange(12) % 2))
+    io.to_zarr(labelled.to_dataset(name="movie"), tmp_path / "session.zarr")
+    movie = xr.open_zarr(tmp_path / "session.zarr")["movie"]
+    with pytest.raises(ValueError, match="inconsistent chunks"):
+        _ = movie.chunksizes  # the layout: the label in one chunk, the frames in three
+    shifts = movie.reg.estimate(still.mean("time"))
+    fixed = movie.reg.apply(shifts)
+    scores = movie.reg.metrics(fixed)
+    assert scores.crispness.sel(version="registered") > scores.crispness.sel(version="raw")
+    np.testing.assert_array_equal(scores.stim, labelled.stim)
+    fig = xplot.summary(movie, fixed, shifts)
+    assert {"mean before", "mean after", "displacement"} <= {a.get_label() for a in fig.axes}
+    plt.close(fig)
+
+
+def test_summary_shows_the_frame_that_moved_most_among_good_ones():
+    shifts = xr.DataArray(
+        [[0.0, 0.0], [5.0, 5.0], [2.0, -1.0]],
+        dims=("time", "axis"),
+        coords={"bad_frame": ("time", [False, True, False])},
+    )
+    assert xplot._frame_of_largest_motion(shifts, "time") == 2  # frame 1 is noise
+    every_frame_bad = shifts.assign_coords(bad_frame=("time", [True] * 3))
+    assert xplot._frame_of_largest_motion(every_frame_bad, "time") == 1

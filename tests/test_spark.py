@@ -37,9 +37,12 @@ def test_round_trip_is_exact(spark_context, backend):
 def test_estimate_and_apply_match_the_accessor(spark_context):
     local = movie()
     rdd = xspark.to_rdd(local, spark_context, npartitions=3)
-    shifts = xspark.estimate(rdd, IMAGE, upsample_factor=20, time=local.time)
-    expected = local.reg.estimate(IMAGE, upsample_factor=20)
+    # A reference that says how it was made: the displacements record it, both ways.
+    reference = xr.DataArray(IMAGE, dims=("y", "x"), attrs={"method": "mean of all frames"})
+    shifts = xspark.estimate(rdd, reference, upsample_factor=20, time=local.time)
+    expected = local.reg.estimate(reference, upsample_factor=20)
     xr.testing.assert_identical(shifts, expected)
+    assert shifts.attrs["reference_method"] == "mean of all frames"
     registered = xspark.from_rdd(xspark.apply(rdd, shifts))
     np.testing.assert_allclose(registered.values, local.reg.apply(expected).values, atol=1e-4)
 

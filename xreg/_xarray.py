@@ -111,12 +111,25 @@ def frame_dims(da: xr.DataArray, dim: Hashable = "time", spatial_dims=None) -> t
 def reference_array(reference, da: xr.DataArray, spatial: Sequence[Hashable]) -> np.ndarray:
     """The reference as a float numpy frame with the movie's spatial shape and order."""
     frame_shape = tuple(da.sizes[d] for d in spatial)
+    if isinstance(reference, xr.Dataset):
+        raise XregError(
+            f"The reference is a Dataset; pass one of its variables {list(reference.data_vars)}, "
+            "e.g. `ref['movie']`."
+        )
     if isinstance(reference, xr.DataArray):
         if set(reference.dims) != set(spatial):
             raise XregError(
                 f"The reference has dims {reference.dims}; it must have the frame dims "
                 f"{tuple(spatial)}. Pass one frame, e.g. `movie.isel(time=0)`, or an average."
             )
+        # Labelled with the movie's coordinates in another order (one flipped): taken
+        # by label.  Other coordinates (another session's stage positions) do not say
+        # where the reference lies: it is taken by position, as a numpy frame is.
+        for d in spatial:
+            if d in reference.indexes and d in da.indexes:
+                own, movie = reference.indexes[d], da.indexes[d]
+                if not own.equals(movie) and own.is_unique and set(own) == set(movie):
+                    reference = reference.sel({d: movie})
         reference = reference.transpose(*spatial).values
     reference = np.asarray(reference)
     if reference.shape != frame_shape:
@@ -134,16 +147,17 @@ def time_coords(da: xr.DataArray, dim: Hashable) -> dict:
     return {name: coord for name, coord in da.coords.items() if coord.dims == (dim,)}
 
 
-def labels_chunked_like_movie(da: xr.DataArray, dim: Hashable = "time") -> xr.DataArray:
+def labels_chunked_like_movie(da: xr.DataArray) -> xr.DataArray:
     """``da`` with its Dask-backed coordinates chunked as the movie is.
 
-    A label stored plain beside a chunked movie (``trial`` along ``time``) opens with
-    its own chunks, and xarray then refuses the DataArray's chunk sizes ("inconsistent
-    chunks"). Rechunking the label (lazily) to the movie's chunks keeps it, and the
-    label's stored chunking, which no longer holds, is dropped from its encoding so
-    that ``to_zarr`` writes it afresh.
+    A label stored plain beside a chunked movie (``trial`` along ``time``, or the
+    ``bad_frame`` flags xreg writes) opens with its own chunks, and xarray then refuses
+    the DataArray's chunk sizes ("inconsistent chunks"). Rechunking the label (lazily)
+    to the movie's chunks keeps it, and the label's stored chunking, which no longer
+    holds, is dropped from its encoding so that ``to_zarr`` writes it afresh.  Done
+    where a movie enters (the accessor, :func:`xreg.plot.summary`, the pipeline).
     """
-    if da.chunks is None or dim not in da.dims:
+    if da.chunks is None:
         return da
     chunks = dict(zip(da.dims, da.chunks, strict=True))
     fixed = {}
@@ -387,6 +401,8 @@ def weighted_plan(
         return rigid
     with threadpool_limits(limits=1, user_api="blas"):
         bounds = core.clip_bounds(reference, clip)
+        if bounds is not None and sample is not None:
+            _check_same_units(sample, bounds, clip)
         # The noise the reference's expected look is averaged over (DECISIONS: "The
         # frames' noise, fitted"); None if too small to matter.  The stabilising
         # transform (the core's ``offset``) stays off: measured, it is not the default.
@@ -407,6 +423,32 @@ def weighted_plan(
                 noise=noise,
             )
         return make_plan(reference, max_shift, whole_frame, bounds, noise)
+
+
+def _check_same_units(sample, bounds, clip) -> None:
+    """Frames that lie almost all below (or above) the clip bounds from the reference are
+    in other units than it (a reference scaled, or from another detector): clipped, they
+    would come out flat, and every estimate wrong, silently.  Sparse photon counts, most
+    pixels at 0 under a bound of 0.01, still have the others above it."""
+    finite = np.asarray(sample, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not finite.size:
+        return
+    below, above = np.mean(finite <= bounds[0]), np.mean(finite >= bounds[1])
+    if max(below, above) >= _ONE_SIDED:
+        side = "below" if below >= above else "above"
+        raise XregError(
+            f"{max(below, above):.1%} of the first frames' pixels lie {side} the clip "
+            f"bounds, the reference's percentiles {clip[0]:g} and {clip[1]:g} "
+            f"({bounds[0]:g} to {bounds[1]:g}): the reference is not in the frames' units, "
+            "and clipped the frames would be flat. Pass one made from these frames "
+            "(`movie.reg.reference()`, or their mean), or `clip=None`."
+        )
+
+
+# The share of the first frames' pixels on one side of the clip bounds that says the
+# reference is in other units (an image in its own units has some on either side).
+_ONE_SIDED = 0.99
 
 
 def reference_attrs(reference) -> dict:
@@ -430,7 +472,6 @@ def estimate(
     ``whole_frame=True`` correlates whole frames circularly over every shift (no
     border window): thunder-registration's CrossCorr, for the model API.
     """
-    da = labels_chunked_like_movie(da, dim)
     est = prepare_estimate(da, reference, dim=dim, **options)
     plan = est.plan if da.chunks is None else graph_plan(est)
     values = _per_frame(da, dim, est.spatial, est.function, est.width, plan=plan, **est.kwargs)
@@ -605,10 +646,10 @@ def displacement_array(shifts, quality, labels, dim, spatial, attrs, bad=None) -
     """
     coords = dict(labels)
     coords[AXIS] = [str(d) for d in spatial]
-    coords[QUALITY] = (dim, np.asarray(quality, dtype=np.float64))
+    coords[QUALITY] = ((dim,), np.asarray(quality, dtype=np.float64))
     if bad is None:
         bad = core.flag_bad_frames(quality, attrs.get("bad_frame_threshold", 6.0))
-    coords[BAD_FRAME] = (dim, np.asarray(bad))
+    coords[BAD_FRAME] = ((dim,), np.asarray(bad))
     # A DataArray whose .plot() draws lines over time (xreg.plot); otherwise plain.
     return DisplacementArray(
         np.asarray(shifts, dtype=np.float64),
@@ -668,6 +709,12 @@ def shifts_array(shifts, da: xr.DataArray, dim: Hashable, spatial, blocks=()) ->
     n = da.sizes[dim]
     names = [str(d) for d in spatial]
     expected = (dim, *blocks, AXIS)
+    if isinstance(shifts, xr.Dataset):
+        raise XregError(
+            f"The shifts are a Dataset (as `xr.open_dataset` gives them back); pass its "
+            f"displacements, one of {list(shifts.data_vars)}: e.g. `shifts['displacement']`, "
+            "or read them with `xreg.io.read_displacement`."
+        )
     if isinstance(shifts, xr.DataArray):
         if set(shifts.dims) != set(expected):
             raise XregError(
@@ -718,7 +765,6 @@ def apply(
     spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.apply`."""
-    da = labels_chunked_like_movie(da, dim)
     if spatial_dims is None:
         spatial_dims = shifts_axes(shifts, da)
     spatial, _ = split_dims(da, dim, spatial_dims)
@@ -827,7 +873,6 @@ def build_reference(
     spatial_dims=None,
 ) -> xr.DataArray:
     """See :meth:`xreg.accessor.RegAccessor.reference`."""
-    da = labels_chunked_like_movie(da, dim)
     spatial = frame_dims(da, dim, spatial_dims)
     options = validate.reference_options(
         tuple(da.sizes[d] for d in spatial),
@@ -892,6 +937,8 @@ def dataset_variable(ds: xr.Dataset, var: Hashable | None, dim: Hashable = "time
                 "e.g. `ds.reg.estimate(ref, var='red')`."
             )
         var = movies[0]
+    if not isinstance(var, Hashable):
+        raise XregError(f"`var` names one variable of the Dataset; got {var!r}.")
     if var not in ds.data_vars:
         raise XregError(f"The Dataset has no variable {var!r}; it has {list(ds.data_vars)}.")
     return ds[var]
@@ -916,7 +963,13 @@ def apply_dataset(ds: xr.Dataset, shifts, *, dim: Hashable = "time", spatial_dim
             f"have dims {found}."
         )
     moved = {
-        name: apply(ds[name], shifts, dim=dim, spatial_dims=spatial_dims, **options)
+        name: apply(
+            labels_chunked_like_movie(ds[name]),
+            shifts,
+            dim=dim,
+            spatial_dims=spatial_dims,
+            **options,
+        )
         for name in names
     }
     return ds.assign(moved)

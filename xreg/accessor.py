@@ -6,7 +6,7 @@ from collections.abc import Hashable
 
 import xarray as xr
 
-from . import _metrics, _scanphase, _xarray, pipeline
+from . import _metrics, _scanphase, _xarray, pipeline, validate
 
 
 @xr.register_dataarray_accessor("reg")
@@ -21,7 +21,9 @@ class RegAccessor:
     """
 
     def __init__(self, obj: xr.DataArray) -> None:
-        self._obj = obj
+        # Labels stored in other chunks than the frames (as zarr opens them) would make
+        # xarray refuse the movie's chunks in every method.
+        self._obj = _xarray.labels_chunked_like_movie(obj)
 
     def reference(
         self,
@@ -115,10 +117,11 @@ class RegAccessor:
         dim : hashable, default "time"
             The frame dim.
         max_shift : int or sequence of int, optional
-            Largest displacement searched, per axis, in pixels.  Default: 10 % of
-            each axis, at least 8 px.  A band of this width at each border is left
-            out of the comparison, so content moving across the border cannot bias
-            the estimate.
+            Largest displacement searched and reported, per axis, in pixels
+            (larger motion comes out at the bound).  Default: 10 % of each axis, at
+            least 8 px.  Each frame is compared over the pixels it shares with the
+            reference at its own displacement, so content moving across the border
+            cannot bias the estimate.
         smooth : int, optional
             Replace the displacements by their centred rolling median over this many
             frames (bad frames left out), for low-SNR movies.  Off by default.
@@ -336,6 +339,7 @@ class RegAccessor:
         >>> fixed.chunks is not None, shifts.dims
         (True, ('time', 'axis'))
         """
+        validate.keywords(estimate_options, RegAccessor.estimate, "register")
         return pipeline.register(
             self._obj,
             reference,
@@ -603,6 +607,7 @@ class DatasetRegAccessor:
 
         ``var`` defaults to the Dataset's only variable with the frame dim.
         """
+        validate.keywords(options, RegAccessor.reference, "reference")
         movie = _xarray.dataset_variable(self._obj, var, dim)
         return movie.reg.reference(dim=dim, **options)
 
@@ -620,6 +625,7 @@ class DatasetRegAccessor:
         >>> sorted(ds.reg.apply(shifts).data_vars)
         ['green', 'red', 'speed']
         """
+        validate.keywords(options, RegAccessor.estimate, "estimate")
         movie = _xarray.dataset_variable(self._obj, var, dim)
         return movie.reg.estimate(reference, dim=dim, **options)
 
@@ -644,6 +650,7 @@ class DatasetRegAccessor:
             Dask-backed ones; extra dims such as ``channel`` broadcast) and the
             others, coordinates and attrs passed through.
         """
+        validate.keywords(options, RegAccessor.apply, "apply")
         return _xarray.apply_dataset(
             self._obj, shifts, dim=dim, spatial_dims=spatial_dims, **options
         )

@@ -153,7 +153,7 @@ class RegistrationModel:
 def _as_movie(images):
     """A DataArray view of ``images`` and a function that turns a result back."""
     if isinstance(images, xr.DataArray):
-        return images, lambda out: out
+        return _xarray.labels_chunked_like_movie(images), lambda out: out
     if isinstance(images, xr.Dataset):
         raise XregError("Expected one movie; got a Dataset. Pick its variable, e.g. `ds['movie']`.")
     try:

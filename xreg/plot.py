@@ -168,12 +168,19 @@ def _piecewise_lines(shifts, dim, truth, ax, kwargs):
 
 
 def _frame_of_largest_motion(shifts, dim) -> int:
+    """The frame that moved most, among those not flagged bad (a bad frame, noise or a
+    blank, would show nothing of whether registration worked), if any is left."""
     rigid = shifts["rigid"] if "rigid" in shifts.coords else shifts
     blocks = [d for d in rigid.dims if d not in (dim, _xarray.AXIS)]
     magnitude = np.sqrt((rigid**2).sum(_xarray.AXIS))
     if blocks:
         magnitude = magnitude.max(blocks)
-    return int(np.nanargmax(magnitude.transpose(dim).values))
+    magnitude = magnitude.transpose(dim).values
+    if _xarray.BAD_FRAME in shifts.coords:
+        bad = np.asarray(shifts[_xarray.BAD_FRAME].values, dtype=bool)
+        if not bad.all():
+            magnitude = np.where(bad, -np.inf, magnitude)
+    return int(np.nanargmax(magnitude))
 
 
 def _plane(image: xr.DataArray, spatial) -> xr.DataArray:
@@ -233,7 +240,8 @@ def summary(
     truth : xarray.DataArray, optional
         True rigid displacements, dims ``(time, axis)``.
     frame : int, optional
-        Position of the frame shown (default: the one that moved most).
+        Position of the frame shown (default: the one that moved most, frames flagged
+        bad aside).
     dim : hashable, default "time"
         The frame dim.
     figsize : (float, float), default (11, 12)
@@ -254,6 +262,7 @@ def summary(
     import dask
     import matplotlib.pyplot as plt
 
+    movie, registered = map(_xarray.labels_chunked_like_movie, (movie, registered))
     spatial = _xarray.frame_dims(movie, dim)
     if _xarray.frame_dims(registered, dim) != spatial or registered.sizes != movie.sizes:
         raise XregError(

@@ -405,6 +405,7 @@ def estimate(
         given the same reference.
     """
     labels = labels_of(rdd) if template is None else _Labels.of(template, dim)
+    attrs = _xarray.reference_attrs(reference)  # how it was made, as the accessor records
     if isinstance(reference, xr.DataArray):
         if labels is not None and set(reference.dims) == set(labels.spatial):
             reference = reference.transpose(*labels.spatial)
@@ -522,7 +523,6 @@ def estimate(
         per_frame[frame_dim] = np.asarray(time)
     plan = plans.value[0]
     rigid_plan = plan.rigid if piecewise else plan
-    attrs = {"reference_method": "given"}  # as the accessor's, given a reference
     attrs.update(
         _xarray.estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
     )

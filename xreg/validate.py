@@ -12,6 +12,8 @@ Only numpy, the error class and two constants of the core are imported: no xarra
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import numbers
 import re
@@ -39,6 +41,7 @@ __all__ = [
     "estimate_options",
     "fill_value",
     "frame_shape",
+    "keywords",
     "interpolation",
     "per_axis",
     "percentiles",
@@ -229,6 +232,29 @@ def channel(value, labels, name: str = "channel", dim: str = "channel") -> int:
         why = "names several" if found else "is not one of the movie's"
         raise XregError(f"`{name}` {value!r} {why} {dim}s; {available}.")
     return found[0]
+
+
+def keywords(options: dict, function, name: str) -> None:
+    """Refuse keyword arguments that ``function`` (a public method whose ``**options``
+    are passed on) does not take: a typo, named with the nearest keyword.
+
+    Raises
+    ------
+    XregError
+        Naming the first unknown keyword and the ones ``name`` takes.
+    """
+    known = [
+        keyword
+        for keyword, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind is parameter.KEYWORD_ONLY
+    ]
+    for keyword in options:
+        if keyword not in known:
+            near = difflib.get_close_matches(str(keyword), known, n=1)
+            hint = f" Did you mean `{near[0]}`?" if near else ""
+            raise XregError(
+                f"`{name}` takes no option `{keyword}`.{hint} It takes: {', '.join(known)}."
+            )
 
 
 def dim_names(value, name: str, dims, *, exclude=()) -> tuple:

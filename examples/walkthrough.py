@@ -171,7 +171,7 @@ versions = {
     "piecewise": warped.reg.apply(blocks),
 }
 nonrigid_scores = warped.reg.metrics(versions)
-print(nonrigid_scores.crispness.to_series().round(1).to_dict())
+print("crispness:", nonrigid_scores.crispness.to_series().round(1).to_dict())
 nonrigid_scores.correlation.plot.line(x="time", hue="version")
 plt.title("each frame against its version's mean image (NoRMCorre's metric)")
 plt.savefig("nonrigid_metrics.png", dpi=80, bbox_inches="tight")

@@ -802,6 +802,21 @@ CASES = [
         refused("not in the frames' units", "clip=None"),
     ),
     (
+        # ... but a movie that starts dark (a shutter, a PMT warming up) is not refused:
+        # its first frames do not show the reference's scene.
+        "estimate-dark-first-frames",
+        lambda tmp: (
+            movie(
+                frames=np.concatenate(
+                    [np.random.default_rng(1).normal(0, 1, (8, SIZE, SIZE)), frames_at(TRUTH)]
+                )
+            )
+            .reg.estimate(REF(), upsample_factor=1)
+            .values[8:]
+        ),
+        holds(lambda shifts: np.testing.assert_array_equal(shifts, TRUTH)),
+    ),
+    (
         "estimate-integer-dim-names",
         lambda tmp: xr.DataArray(frames_at(TRUTH), dims=(0, 1, 2)).reg.estimate(
             REF(), dim=0, upsample_factor=1

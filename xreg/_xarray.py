@@ -155,7 +155,8 @@ def labels_chunked_like_movie(da: xr.DataArray) -> xr.DataArray:
     the DataArray's chunk sizes ("inconsistent chunks"). Rechunking the label (lazily)
     to the movie's chunks keeps it, and the label's stored chunking, which no longer
     holds, is dropped from its encoding so that ``to_zarr`` writes it afresh.  Done
-    where a movie enters (the accessor, :func:`xreg.plot.summary`, the pipeline).
+    where a movie enters (the accessors, :func:`xreg.plot.summary`, ``CrossCorr``, the
+    pipeline).
     """
     if da.chunks is None:
         return da

@@ -817,6 +817,16 @@ CASES = [
         holds(lambda shifts: np.testing.assert_array_equal(shifts, TRUTH)),
     ),
     (
+        "dataset-apply-names-the-variable",
+        lambda tmp: (
+            movie()
+            .to_dataset(name="m")
+            .assign(mask=movie() > 500)
+            .reg.apply(movie().reg.estimate(REF()))
+        ),
+        refused("Variable 'mask'", "bool"),
+    ),
+    (
         "estimate-integer-dim-names",
         lambda tmp: xr.DataArray(frames_at(TRUTH), dims=(0, 1, 2)).reg.estimate(
             REF(), dim=0, upsample_factor=1

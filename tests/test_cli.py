@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,7 @@ def test_clip_option(tmp_path, capsys):
             "OUTPUT holds the",
         ),
         (["register", "{store}", "{out}", "--reference", "{small}"], "expected one frame"),
+        (["estimate", "{store}", "{out}", "--reference", "{nanref}"], "NaN"),  # no warning
         (["register", "{store}", "{out}", "--reference", "{texttif}"], "not a readable frame"),
         (["register", "{store}", "{out}", "--reference", "first:x"], "first:10"),
         (["register", "{store}", "{out}", "--reference", "nofile.npy"], "not a file"),
@@ -197,7 +199,9 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
         "ref": tmp_path / "refs" / "ref.npy",
         "small": tmp_path / "small.npy",
         "texttif": tmp_path / "notes.tif",
+        "nanref": tmp_path / "nan.npy",
     }
+    np.save(paths["nanref"], np.full((64, 64), np.nan))
     paths["texttif"].write_text("not a TIFF")
     paths["refs"].mkdir()
     np.save(paths["ref"], np.ones((64, 64)))
@@ -208,7 +212,9 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, args, message):
     tifffile.imwrite(paths["flat"], np.zeros((16, 16), np.uint16))
     io.to_zarr(xr.Dataset({"movie": (("frame", "y", "x"), np.zeros((3, 8, 8)))}), paths["frames"])
     before = sorted(p.name for p in (tmp_path / "in.zarr").rglob("*"))
-    code = main([a.format(**paths) for a in args] + ["--quiet"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's, printed before the error
+        code = main([a.format(**paths) for a in args] + ["--quiet"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("xreg: error:") and message in err

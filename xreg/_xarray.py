@@ -401,6 +401,7 @@ def weighted_plan(
             return core.PiecewisePlan(rigid, core.block_grid(shape, block_size, overlap), None, ())
         return rigid
     with threadpool_limits(limits=1, user_api="blas"):
+        core.check_finite(reference)  # first: the percentiles below would warn on NaN
         bounds = core.clip_bounds(reference, clip)
         if bounds is not None and sample is not None:
             _check_same_units(reference, sample, bounds, clip)
@@ -977,14 +978,16 @@ def apply_dataset(ds: xr.Dataset, shifts, *, dim: Hashable = "time", spatial_dim
             f"No variable of the Dataset has the dims {(dim, *spatial_dims)}; its variables "
             f"have dims {found}."
         )
-    moved = {
-        name: apply(
-            labels_chunked_like_movie(ds[name]),
-            shifts,
-            dim=dim,
-            spatial_dims=spatial_dims,
-            **options,
-        )
-        for name in names
-    }
+    moved = {}
+    for name in names:
+        try:
+            moved[name] = apply(
+                labels_chunked_like_movie(ds[name]),
+                shifts,
+                dim=dim,
+                spatial_dims=spatial_dims,
+                **options,
+            )
+        except XregError as error:  # which variable, among several
+            raise XregError(f"Variable {name!r}: {error}") from None
     return ds.assign(moved)

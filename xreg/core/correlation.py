@@ -50,6 +50,7 @@ from ..errors import XregError
 __all__ = [
     "ReferencePlan",
     "bin_frames",
+    "check_finite",
     "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
@@ -117,6 +118,20 @@ def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | Non
         return None
     bounds = np.nanpercentile(reference, percentiles)
     return None if bounds[0] == bounds[1] else (float(bounds[0]), float(bounds[1]))
+
+
+def check_finite(reference: np.ndarray) -> None:
+    """Refuse a reference with NaN or infinite values, saying how to fill them.
+
+    Raises
+    ------
+    XregError
+    """
+    if not np.all(np.isfinite(reference)):
+        raise XregError(
+            "The reference contains NaN or infinite values. "
+            "Fill them first, e.g. `reference.fillna(reference.mean())`."
+        )
 
 
 def window_profile(length: int, margin: int, ramp: int) -> np.ndarray:
@@ -340,11 +355,7 @@ def prepare_reference(
             f"Frames must be 2-D or 3-D; got a reference with {ref.ndim} dims. "
             "Pass one frame (y, x) or volume (z, y, x)."
         )
-    if not np.all(np.isfinite(ref)):
-        raise XregError(
-            "The reference contains NaN or infinite values. "
-            "Fill them first, e.g. `reference.fillna(reference.mean())`."
-        )
+    check_finite(ref)
     if clip is not None:
         low, high = (float(c) for c in clip)
         if not low < high:

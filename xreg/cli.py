@@ -251,11 +251,14 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="register a synthetic movie with known drift and report the error",
         description="Make a synthetic two-photon movie with known drift (Zarr), register "
-        "it with `xreg register`, print the error against the truth and save a plot.",
+        "it with `xreg register`, print the error against the truth and save two figures "
+        "(displacement.png, summary.png) beside the movie and the registered store.",
     )
     demo.add_argument("--output", default="demo-output", help="folder for the files")
-    demo.add_argument("--frames", type=_positive_int("frames"), default=400)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument(
+        "--frames", type=_positive_int("frames"), default=400, help="frames in the movie"
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 

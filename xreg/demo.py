@@ -25,7 +25,7 @@ def run(folder: Path, *, n_frames: int = 400, quiet: bool = False) -> int:
     truth = truth.drop_vars("quality")
     dataset = moved.to_dataset(name="movie").assign(true_displacement=truth)
     io.to_zarr(dataset, source)
-    print(f"made {source}: {n_frames} frames of 256 x 256, drift up to 6 px and 2 jumps")
+    print(f"made {source}: {n_frames} frames of 256 x 256, drift up to 6 px plus 2 sudden jumps")
 
     # What `xreg register SOURCE OUTPUT --overwrite` runs.
     movie = io.open_movie(source, "movie")

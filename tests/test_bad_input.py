@@ -796,27 +796,6 @@ CASES = [
         holds(exact_truth(atol=0.02)),
     ),
     (
-        # Clipped at a scaled reference's percentiles, every frame came out flat.
-        "estimate-reference-in-other-units",
-        lambda tmp: movie().reg.estimate(REF() * 1000),
-        refused("not in the frames' units", "clip=None"),
-    ),
-    (
-        # ... but a movie that starts dark (a shutter, a PMT warming up) is not refused:
-        # its first frames do not show the reference's scene.
-        "estimate-dark-first-frames",
-        lambda tmp: (
-            movie(
-                frames=np.concatenate(
-                    [np.random.default_rng(1).normal(0, 1, (8, SIZE, SIZE)), frames_at(TRUTH)]
-                )
-            )
-            .reg.estimate(REF(), upsample_factor=1)
-            .values[8:]
-        ),
-        holds(lambda shifts: np.testing.assert_array_equal(shifts, TRUTH)),
-    ),
-    (
         "dataset-apply-names-the-variable",
         lambda tmp: (
             movie()

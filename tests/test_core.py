@@ -149,6 +149,12 @@ def test_spline_orders_keep_nan_local(order, rigid):
         return warp_frames(frames, blocks, grid, order=order, **options)
 
     out = moved(frames)
+    # Every pixel whose spline samples reach the NaN is NaN (the kernel's support: a
+    # square, corners included).
+    delta = np.zeros(shape)
+    delta[30, 30] = 1.0
+    support = ndimage.shift(delta, -motion, order=order, prefilter=False) != 0
+    assert np.isnan(out[0][support]).all()
     reach = order // 2 + 2  # the linear footprint (2 px at a fractional shift), grown
     hole = np.zeros(shape, bool)
     hole[30 - reach : 30 + reach + 1, 31 - reach : 31 + reach + 1] = True

@@ -403,8 +403,6 @@ def weighted_plan(
     with threadpool_limits(limits=1, user_api="blas"):
         core.check_finite(reference)  # first: the percentiles below would warn on NaN
         bounds = core.clip_bounds(reference, clip)
-        if bounds is not None and sample is not None:
-            _check_same_units(reference, sample, bounds, clip)
         # The noise the reference's expected look is averaged over (DECISIONS: "The
         # frames' noise, fitted"); None if too small to matter.  The stabilising
         # transform (the core's ``offset``) stays off: measured, it is not the default.
@@ -425,46 +423,6 @@ def weighted_plan(
                 noise=noise,
             )
         return make_plan(reference, max_shift, whole_frame, bounds, noise)
-
-
-def _check_same_units(reference, sample, bounds, clip) -> None:
-    """Refuse a reference in other units than the frames (scaled, or from another
-    detector): the frames, showing its scene, lie almost all on one side of its clip
-    bounds, so clipped they would be flat and every estimate wrong, silently.
-
-    Both conditions: one side alone is also what dark frames at a movie's start show
-    (their scene is not the reference's, so the second condition spares them), and
-    sparse photon counts, most pixels at 0 below a bound of 0.01, have the rest above.
-    """
-    frames = np.asarray(sample, dtype=np.float64)
-    finite = frames[np.isfinite(frames)]
-    if not finite.size:
-        return
-    below, above = np.mean(finite <= bounds[0]), np.mean(finite >= bounds[1])
-    if max(below, above) < _ONE_SIDED:
-        return
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(frames.reshape((-1,) + np.shape(reference)), axis=0)
-    both = np.isfinite(mean) & np.isfinite(reference)
-    if both.sum() < 2 or np.ptp(mean[both]) == 0:
-        return
-    if np.corrcoef(mean[both], np.asarray(reference)[both])[0, 1] > _SAME_SCENE:
-        side = "below" if below >= above else "above"
-        raise XregError(
-            f"{max(below, above):.1%} of the first frames' pixels lie {side} the clip "
-            f"bounds, the reference's percentiles {clip[0]:g} and {clip[1]:g} "
-            f"({bounds[0]:g} to {bounds[1]:g}), though they show its scene: the reference "
-            "is not in the frames' units, and clipped the frames would be flat. Pass one "
-            "made from these frames (`movie.reg.reference()`, or their mean), or "
-            "`clip=None`."
-        )
-
-
-# A reference in other units: the share of the first frames' pixels on one side of its
-# clip bounds (an image in its own units has some on either side), and the correlation
-# of their mean with it that says they show its scene.
-_ONE_SIDED = 0.99
-_SAME_SCENE = 0.5
 
 
 def reference_attrs(reference) -> dict:

@@ -619,8 +619,10 @@ def estimate_shifts(
             out[batch] = _estimate_batch(items[batch], plan, upsample_factor)
         # Nothing beyond max_shift is reported: the binned search that sizes each
         # frame's window, and the subpixel walk from a peak on the search's edge, can
-        # reach past it when the motion does.
-        np.clip(out[batch, :, : plan.ndim], -limit, limit, out=out[batch, :, : plan.ndim])
+        # reach past it when the motion does.  (Piecewise blocks, a stacked plan, search
+        # around the rigid shift within a range of their own, not the user's: unclipped.)
+        if not plan.stacked:
+            np.clip(out[batch, :, : plan.ndim], -limit, limit, out=out[batch, :, : plan.ndim])
 
     map_threads(run, batches, workers)
     return out if plan.stacked else out[:, 0]

@@ -102,13 +102,15 @@ def spline_resample(frame, resample, order: int, mode: str, cval: float) -> np.n
         nearest = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
         frame = frame[tuple(nearest)]
     moved = resample(frame, order=order, mode=spline_mode, cval=0.0 if unknown_outside else cval)
+    # Grown by a box, not a cross: the spline's support is a square (cube) of samples.
+    box = np.ones((3,) * frame.ndim, bool)
     reach = order // 2
     if bad.any():
         touched = resample(bad.astype(frame.dtype), order=1, mode=spline_mode, cval=0.0) > 0
-        moved[ndimage.binary_dilation(touched, iterations=reach)] = np.nan
+        moved[ndimage.binary_dilation(touched, structure=box, iterations=reach)] = np.nan
     if unknown_outside:
         touched = resample(np.zeros_like(frame), order=1, mode=spline_mode, cval=1.0) > 0
-        moved[ndimage.binary_dilation(touched, iterations=reach)] = cval
+        moved[ndimage.binary_dilation(touched, structure=box, iterations=reach)] = cval
     return moved
 
 

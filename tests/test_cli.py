@@ -229,9 +229,12 @@ def test_overwrite_removes_the_old_output_only_once_the_new_run_can_start(tmp_pa
     assert run("register", source, output, "--quiet") == 0
     before = open_output(output)["movie"].values
     np.save(tmp_path / "small.npy", np.ones((8, 8)))
-    for bad in (["--reference", tmp_path / "small.npy"], ["--reference", "first:0"]):
-        assert run("register", source, output, "--overwrite", *bad, "--quiet") == 2
-        assert "--reference" in capsys.readouterr().err
+    np.save(tmp_path / "nan.npy", np.full((64, 64), np.nan))
+    np.save(tmp_path / "flat.npy", np.ones((64, 64)))
+    for bad in ("small.npy", "nan.npy", "flat.npy", "first:0"):
+        spec = bad if bad.startswith("first") else tmp_path / bad
+        assert run("register", source, output, "--overwrite", "--reference", spec, "--quiet") == 2
+        assert "reference" in capsys.readouterr().err
         np.testing.assert_array_equal(open_output(output)["movie"].values, before)
 
 

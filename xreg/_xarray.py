@@ -401,7 +401,7 @@ def weighted_plan(
             return core.PiecewisePlan(rigid, core.block_grid(shape, block_size, overlap), None, ())
         return rigid
     with threadpool_limits(limits=1, user_api="blas"):
-        core.check_finite(reference)  # first: the percentiles below would warn on NaN
+        core.check_reference(reference)  # first: the percentiles below would warn on NaN
         bounds = core.clip_bounds(reference, clip)
         # The noise the reference's expected look is averaged over (DECISIONS: "The
         # frames' noise, fitted"); None if too small to matter.  The stabilising

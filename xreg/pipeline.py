@@ -596,7 +596,9 @@ def run(
         with _xarray_zarr_quietly():
             return xr.open_zarr(output, **zarr_options)
     if state is None or state["stage"] == "started":
-        ref = reference()  # first: if it fails, the output is still as it was
+        # First, and checked: if it fails, the output is still as it was.
+        ref = reference()
+        core.check_reference(np.asarray(ref))
         state = _start(store, settings)
         _write_layout(movie, name, ref, output, compression, zarr_options)
         state["stage"] = "writing"

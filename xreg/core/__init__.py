@@ -5,7 +5,7 @@ Everything here takes and returns numpy arrays with the frame axis first.
 
 from .correlation import (
     ReferencePlan,
-    check_finite,
+    check_reference,
     clip_bounds,
     default_max_shift,
     estimate_shifts,
@@ -42,7 +42,7 @@ __all__ = [
     "prepare_piecewise",
     "warp_frames",
     "ReferencePlan",
-    "check_finite",
+    "check_reference",
     "clip_bounds",
     "build_reference",
     "default_max_shift",

@@ -50,7 +50,7 @@ from ..errors import XregError
 __all__ = [
     "ReferencePlan",
     "bin_frames",
-    "check_finite",
+    "check_reference",
     "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
@@ -120,8 +120,9 @@ def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | Non
     return None if bounds[0] == bounds[1] else (float(bounds[0]), float(bounds[1]))
 
 
-def check_finite(reference: np.ndarray) -> None:
-    """Refuse a reference with NaN or infinite values, saying how to fill them.
+def check_reference(reference: np.ndarray) -> None:
+    """Refuse a reference with NaN or infinite values, or with no contrast, saying what
+    to pass instead.
 
     Raises
     ------
@@ -131,6 +132,11 @@ def check_finite(reference: np.ndarray) -> None:
         raise XregError(
             "The reference contains NaN or infinite values. "
             "Fill them first, e.g. `reference.fillna(reference.mean())`."
+        )
+    if np.ptp(reference) == 0:
+        raise XregError(
+            "The reference is constant, so nothing can be matched against it. "
+            "Use a frame or an average with visible structure."
         )
 
 
@@ -355,7 +361,7 @@ def prepare_reference(
             f"Frames must be 2-D or 3-D; got a reference with {ref.ndim} dims. "
             "Pass one frame (y, x) or volume (z, y, x)."
         )
-    check_finite(ref)
+    check_reference(ref)
     if clip is not None:
         low, high = (float(c) for c in clip)
         if not low < high:
@@ -364,12 +370,8 @@ def prepare_reference(
     if offset is not None:
         offset = float(offset)
     ref = _expected(ref, clip, offset, noise)
+    check_reference(ref)  # once more: the clip may have left it flat
     std = ref.std()
-    if std == 0:
-        raise XregError(
-            "The reference is constant, so nothing can be matched against it. "
-            "Use a frame or an average with visible structure."
-        )
     shape = ref.shape
     wants_overlap = overlap and margin is None and min(shape) >= _OVERLAP_MIN_SIZE
     max_shift = search_range(shape, max_shift)

@@ -806,6 +806,15 @@ CASES = [
         refused("Variable 'mask'", "bool"),
     ),
     (
+        # An extra dim xreg does not know is read as z, too short for a volume: the
+        # message says how to say it is not spatial.
+        "estimate-unknown-extra-dim",
+        lambda tmp: (
+            movie().expand_dims(cam=2, axis=1).reg.estimate(movie().isel(time=0).expand_dims(cam=2))
+        ),
+        refused("too small", "spatial_dims=", "isel"),
+    ),
+    (
         "estimate-integer-dim-names",
         lambda tmp: xr.DataArray(frames_at(TRUTH), dims=(0, 1, 2)).reg.estimate(
             REF(), dim=0, upsample_factor=1

@@ -386,6 +386,12 @@ def frame_shape(shape, *, whole_frame: bool = False) -> tuple[int, ...]:
             f"{smallest} pixels, to hold the search range (`max_shift`) plus content to "
             "compare. Register larger frames, or register a volume's planes one by one "
             "(a 2-D movie per plane)."
+            + (
+                " If an axis is not spatial (a camera, a channel xreg does not know), select "
+                "it (`movie.isel(cam=0)`) or name the spatial dims: `spatial_dims=('y', 'x')`."
+                if len(shape) == 3
+                else ""
+            )
         )
     return shape
 

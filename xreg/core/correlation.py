@@ -612,22 +612,24 @@ def estimate_shifts(
     workers = _workers(workers)
     batches = _batches(len(items), int(np.prod(items.shape[1:])), workers)
 
-    limit = np.asarray(plan.max_shift, dtype=np.float64)
-
     def run(batch):
         if plan.overlap is not None and upsample_factor > 1:
             out[batch, 0] = _estimate_overlap(items[batch, 0], plan, upsample_factor)
         else:
             out[batch] = _estimate_batch(items[batch], plan, upsample_factor)
-        # Nothing beyond max_shift is reported: the binned search that sizes each
-        # frame's window, and the subpixel walk from a peak on the search's edge, can
-        # reach past it when the motion does.  (Piecewise blocks, a stacked plan, search
-        # around the rigid shift within a range of their own, not the user's: unclipped.)
-        if not plan.stacked:
-            np.clip(out[batch, :, : plan.ndim], -limit, limit, out=out[batch, :, : plan.ndim])
 
     map_threads(run, batches, workers)
-    return out if plan.stacked else out[:, 0]
+    if plan.stacked:
+        # Piecewise blocks search around the rigid shift within a range of their own,
+        # not the user's max_shift: not clipped to it.
+        return out
+    # Nothing beyond max_shift is reported: the binned search that sizes each frame's
+    # window, and the subpixel walk from a peak on the search's edge, can reach past
+    # it when the motion does.
+    shifts = out[:, 0, : plan.ndim]
+    limit = np.asarray(plan.max_shift, dtype=np.float64)
+    np.clip(shifts, -limit, limit, out=shifts)
+    return out[:, 0]
 
 
 def prepare_whole_frame(

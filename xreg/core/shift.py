@@ -95,17 +95,18 @@ def spline_resample(frame, resample, order: int, mode: str, cval: float) -> np.n
     """
     spline_mode = SCIPY_MODES.get(mode, mode)
     bad = ~np.isfinite(frame)
+    unknown_inside = bool(bad.any())
     unknown_outside = mode == "constant" and not math.isfinite(cval)
-    if not (bad.any() or unknown_outside):
+    if not (unknown_inside or unknown_outside):
         return resample(frame, order=order, mode=spline_mode, cval=cval)
-    if bad.any():
+    if unknown_inside:
         nearest = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
         frame = frame[tuple(nearest)]
     moved = resample(frame, order=order, mode=spline_mode, cval=0.0 if unknown_outside else cval)
     # Grown by a box, not a cross: the spline's support is a square (cube) of samples.
     box = np.ones((3,) * frame.ndim, bool)
     reach = order // 2
-    if bad.any():
+    if unknown_inside:
         touched = resample(bad.astype(frame.dtype), order=1, mode=spline_mode, cval=0.0) > 0
         moved[ndimage.binary_dilation(touched, structure=box, iterations=reach)] = np.nan
     if unknown_outside:

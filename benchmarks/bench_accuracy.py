@@ -21,7 +21,8 @@ for Gaussian), the derivative being the scene's band-limited gradient times the
 photons; the bound is ``sqrt(mean over frames and axes of 1 / I_a)``.  Each row's
 RMS error (per axis) is printed as a multiple of it, with frames per second.
 
-Rows: xreg's default (``movie.reg.estimate(reference)``), with ``clip=None``, on
+Rows: xreg's default (``movie.reg.estimate(reference)``), with ``weights="noise"`` (the
+opt-in step of the fit that weighs each pixel by its noise), with ``clip=None``, on
 Anscombe-transformed frames and reference (``2 * sqrt(x + 3/8)``: the noise
 weighting a user can choose in one line), the fixed-window estimator it replaced
 (``prepare_reference(..., overlap=False)``), scikit-image's
@@ -186,6 +187,9 @@ def xreg_rows(frames, reference):
 
     return {
         "xreg default": lambda: movie.reg.estimate(reference).values,
+        'xreg weights="noise" (opt-in)': lambda: (
+            movie.reg.estimate(reference, weights="noise").values
+        ),
         "xreg clip=None": lambda: movie.reg.estimate(reference, clip=None).values,
         "xreg clip=None on Anscombe-transformed frames": lambda: (
             stabilised(movie).reg.estimate(stabilised(reference), clip=None).values

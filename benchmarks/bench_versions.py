@@ -71,6 +71,9 @@ def run(package_root, files, method):
         text=True,
         check=True,
         env={**__import__("os").environ, **env_path},
+        # Not the caller's directory: ``python -c`` puts it first on the path, and from
+        # the repository's root every version would import this checkout's package.
+        cwd=package_root,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -322,6 +322,8 @@ CASES = [
     ("estimate-clip-three", est(clip=(1, 50, 99)), refused("clip")),
     ("estimate-clip-negative", est(clip=(-5, 50)), refused("clip")),
     ("estimate-clip-nan", est(clip=(1, np.nan)), refused("clip")),
+    ("estimate-weights-unknown", est(weights="poisson"), refused("weights", "'noise'")),
+    ("estimate-weights-true", est(weights=True), refused("weights", "None")),
     ("estimate-dim-missing", est(dim="frame"), refused("dim=")),
     # estimate: the reference
     (
@@ -669,6 +671,11 @@ CASES = [
         "cli-clip-reversed",
         lambda tmp: cli(tmp, "estimate", "x.zarr", "o.csv", "--clip", "99,1"),
         cli_refuses("--clip", "LOW < HIGH"),
+    ),
+    (
+        "cli-weights-unknown",
+        lambda tmp: cli(tmp, "estimate", "x.zarr", "o.csv", "--weights", "poisson"),
+        cli_refuses("--weights", "noise"),
     ),
     (
         "cli-tiny-frames",

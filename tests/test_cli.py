@@ -69,6 +69,12 @@ def test_register_tiff_and_estimate_csv(tmp_path):
         np.testing.assert_allclose(shifts.values, np.round(expected.values, decimals))
         np.testing.assert_allclose(shifts.quality.values, np.round(expected.quality, decimals))
         np.testing.assert_array_equal(shifts.bad_frame.values, expected.bad_frame.values)
+    weighted = tmp_path / "weighted.nc"
+    assert run("estimate", stack, weighted, "--reference", "mean", "--weights", "noise") == 0
+    weighted = io.read_displacement(weighted)
+    assert weighted.attrs["weights"] == "noise"
+    expected = moved.reg.estimate(moved.mean("time"), weights="noise")
+    np.testing.assert_allclose(weighted.values, expected.values)
     text = (tmp_path / "shifts.csv").read_text()
     assert text.splitlines()[0] == "time,y,x,quality,bad_frame"
     # Every number as short as it is precise: no float noise such as -0.09999999999999432

@@ -43,6 +43,8 @@ def test_estimate_and_apply_match_the_accessor(spark_context):
     expected = local.reg.estimate(reference, upsample_factor=20)
     xr.testing.assert_identical(shifts, expected)
     assert shifts.attrs["reference_method"] == "mean of all frames"
+    weighted = xspark.estimate(rdd, reference, time=local.time, weights="noise")
+    xr.testing.assert_identical(weighted, local.reg.estimate(reference, weights="noise"))
     registered = xspark.from_rdd(xspark.apply(rdd, shifts))
     np.testing.assert_allclose(registered.values, local.reg.apply(expected).values, atol=1e-4)
 

@@ -297,6 +297,7 @@ def prepare_estimate(
     overlap: float = 0.5,
     min_quality: float = 0.3,
     clip=CLIP_PERCENTILES,
+    weights=None,
     whole_frame: bool = False,
     spatial_dims=None,
 ) -> Estimator:
@@ -317,6 +318,7 @@ def prepare_estimate(
         overlap=overlap,
         min_quality=min_quality,
         clip=clip,
+        weights=weights,
         whole_frame=whole_frame,
     )
     (
@@ -329,6 +331,7 @@ def prepare_estimate(
         overlap,
         min_quality,
         clip,
+        weights,
     ) = (options[k] for k in validate.ESTIMATE_OPTIONS)
     attrs = {}
     if reference is None:
@@ -346,6 +349,7 @@ def prepare_estimate(
         whole_frame=whole_frame,
         block_size=block_size,
         overlap=overlap,
+        weights=weights,
     )
     sample = noise_sample(da, dim, spatial)
     if da.chunks is None:
@@ -362,7 +366,7 @@ def prepare_estimate(
         rigid_plan = plan
         function, width, kwargs = _estimate_chunk, ndim + 1, {"upsample_factor": upsample_factor}
     attrs.update(
-        estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
+        estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip, weights)
     )
     return Estimator(spatial, plan, function, width, kwargs, attrs, options, weighting)
 
@@ -384,6 +388,7 @@ def weighted_plan(
     whole_frame,
     block_size,
     overlap,
+    weights=None,
     layout=False,
 ):
     """The plan (rigid or piecewise) with its clip and noise weighting from the noise
@@ -409,20 +414,39 @@ def weighted_plan(
         noise = None if sample is None else core.fit_noise(sample)
         if noise is not None and not noise.matters(reference):
             noise = None
+        rigid_bounds, weighted = bounds, weights == "noise"
         if noise is not None:
             # Bounds inside the noise of photon-starved frames move out of it
-            # (DECISIONS: "The clip spares the noise").
+            # (DECISIONS: "The clip spares the noise"); with ``weights="noise"``
+            # always for the rigid estimate, which then weighs pixels by their noise
+            # (DECISIONS: "Noise weights").  Blocks and whole frames are not weighted.
             bounds = noise.spare_noise(reference, bounds)
-        if piecewise:
-            return core.prepare_piecewise(
-                reference,
-                block_size=block_size,
-                overlap=overlap,
-                max_shift=max_shift,
-                clip=bounds,
-                noise=noise,
+            rigid_bounds = noise.spare_noise(reference, rigid_bounds, weighted=weighted)
+        if whole_frame:
+            return core.prepare_whole_frame(reference, clip=bounds, noise=noise)
+
+        def plan_with(rigid_clip):
+            if piecewise:
+                return core.prepare_piecewise(
+                    reference,
+                    block_size=block_size,
+                    overlap=overlap,
+                    max_shift=max_shift,
+                    clip=rigid_clip,
+                    block_clip=bounds,
+                    noise=noise,
+                    weights=weighted,
+                )
+            return core.prepare_reference(
+                reference, max_shift=max_shift, clip=rigid_clip, noise=noise, weights=weighted
             )
-        return make_plan(reference, max_shift, whole_frame, bounds, noise)
+
+        plan = plan_with(rigid_bounds)
+        if rigid_bounds != bounds and (plan.rigid if piecewise else plan).noise_weights is None:
+            # No pixel is weighted after all (frames too small for the per-frame box):
+            # the wider bounds served the weights only.
+            plan = plan_with(bounds)
+        return plan
 
 
 def reference_attrs(reference) -> dict:
@@ -576,15 +600,6 @@ def grid_of(shifts: xr.DataArray) -> core.BlockGrid:
         ) from error
 
 
-def make_plan(
-    reference: np.ndarray, max_shift=None, whole_frame: bool = False, clip=None, noise=None
-):
-    """The core's reference plan: windowed (default) or whole-frame circular (thunder)."""
-    if whole_frame:
-        return core.prepare_whole_frame(reference, clip=clip, noise=noise)
-    return core.prepare_reference(reference, max_shift=max_shift, clip=clip, noise=noise)
-
-
 def noise_sample(da: xr.DataArray, dim, spatial):
     """The movie's first frames (``core.noise_sample_size``), for the noise fit: a
     fixed sample, so that the estimate does not depend on the movie's chunking.  A
@@ -593,8 +608,11 @@ def noise_sample(da: xr.DataArray, dim, spatial):
     return first.data if da.chunks is not None else np.asarray(first.values)
 
 
-def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold, clip=None) -> dict:
-    """The attrs every displacement array carries: units, method and its settings."""
+def estimate_attrs(
+    plan, upsample_factor, whole_frame, bad_frame_threshold, clip=None, weights=None
+) -> dict:
+    """The attrs every displacement array carries: units, method and its settings
+    (``weights`` only where set)."""
     attrs = {
         "units": "pixel",
         "long_name": "displacement of each frame relative to the reference",
@@ -603,6 +621,8 @@ def estimate_attrs(plan, upsample_factor, whole_frame, bad_frame_threshold, clip
         "max_shift": list(plan.max_shift),
         "bad_frame_threshold": float(bad_frame_threshold),
     }
+    if weights is not None:
+        attrs["weights"] = weights
     return attrs | clip_attrs(clip)
 
 

@@ -164,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
             "clipped to before comparing (default %(default)s); none: no clipping",
         )
         sub.add_argument(
+            "--weights",
+            choices=validate.WEIGHTS,
+            default=None,
+            help="noise: weigh each pixel by its noise (fitted on the first frames): at "
+            "the physical limit under shot noise, slower (default: equal weights)",
+        )
+        sub.add_argument(
             "--scan-phase",
             type=_scan_phase,
             default="none",
@@ -286,6 +293,9 @@ def _cluster(args):
 def _estimate_options(args) -> dict:
     """Keyword arguments of ``.reg.estimate`` from the command line."""
     options = {"upsample_factor": args.upsample_factor, "method": args.method, "clip": args.clip}
+    if args.weights is not None:
+        # Only when asked: a run record written without the option still compares equal.
+        options["weights"] = args.weights
     if args.method == "piecewise":
         options.update(block_size=args.block_size, overlap=args.overlap)
     return options

@@ -360,6 +360,7 @@ def estimate(
     block_size=(128, 128),
     overlap: float = 0.5,
     min_quality: float = 0.3,
+    weights: str | None = None,
 ) -> xr.DataArray:
     """Displacements of an RDD's frames, computed on the executors.
 
@@ -395,6 +396,9 @@ def estimate(
     method, block_size, overlap, min_quality
         As in :meth:`~xreg.accessor.RegAccessor.estimate`: ``method="piecewise"``
         gives one displacement per block, for :func:`apply` to warp by.
+    weights : {None, "noise"}, default None
+        As in :meth:`~xreg.accessor.RegAccessor.estimate` (the noise fitted on the
+        first frames, as there).
 
     Returns
     -------
@@ -431,6 +435,7 @@ def estimate(
         overlap=overlap,
         min_quality=min_quality,
         clip=clip,
+        weights=weights,
         whole_frame=whole_frame,
     )
     upsample_factor, max_shift, bad_frame_threshold, method, block_size, overlap = (
@@ -444,7 +449,7 @@ def estimate(
             "overlap",
         )
     )
-    min_quality, clip = options["min_quality"], options["clip"]
+    min_quality, clip, weights = options["min_quality"], options["clip"], options["weights"]
     piecewise = method == "piecewise"
     sample = _noise_sample(rdd)
     settings = {
@@ -454,6 +459,7 @@ def estimate(
         "whole_frame": whole_frame,
         "block_size": block_size,
         "overlap": overlap,
+        "weights": weights,
     }
     if piecewise:
         plans = rdd.context.broadcast([_xarray.weighted_plan(reference, sample, **settings)])
@@ -524,7 +530,9 @@ def estimate(
     plan = plans.value[0]
     rigid_plan = plan.rigid if piecewise else plan
     attrs.update(
-        _xarray.estimate_attrs(rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip)
+        _xarray.estimate_attrs(
+            rigid_plan, upsample_factor, whole_frame, bad_frame_threshold, clip, weights
+        )
     )
     plans.unpersist()
     if axis is None:

@@ -32,10 +32,12 @@ __all__ = [
     "MAX_UPSAMPLE_FACTOR",
     "METHODS",
     "MIN_FRAME_SIZE",
+    "WEIGHTS",
     "block_layout",
     "channel",
     "check_max_shift",
     "check_upsample_factor",
+    "check_weights",
     "choice",
     "dim_names",
     "estimate_options",
@@ -454,6 +456,8 @@ def block_layout(shape, block_size, overlap) -> tuple[tuple[int, ...], float]:
 # nothing measurable, and each costs a pass over the sample).
 MAX_ITERATIONS = 20
 METHODS = ("rigid", "piecewise")
+# How the rigid estimate weighs pixels: None (equally), "noise" (by the fitted noise).
+WEIGHTS = ("noise",)
 # The keys of `estimate_options`' result, in the order of `estimate`'s signature.
 ESTIMATE_OPTIONS = (
     "upsample_factor",
@@ -465,7 +469,19 @@ ESTIMATE_OPTIONS = (
     "overlap",
     "min_quality",
     "clip",
+    "weights",
 )
+
+
+def check_weights(value) -> str | None:
+    """``weights``: None (equal weights) or one of :data:`WEIGHTS`."""
+    if value is None or (isinstance(value, str) and value in WEIGHTS):
+        return None if value is None else str(value)
+    raise XregError(
+        f"`weights` must be None (every pixel weighs the same) or 'noise' (each by its "
+        f"noise, fitted on the first frames: more accurate under shot noise, slower); "
+        f"got {value!r}."
+    )
 
 
 def estimate_options(
@@ -480,6 +496,7 @@ def estimate_options(
     overlap=0.5,
     min_quality=0.3,
     clip=(1, 99),
+    weights=None,
     whole_frame=False,
 ) -> dict:
     """Every option of ``estimate`` checked for frames of ``shape``, normalised.
@@ -513,7 +530,11 @@ def estimate_options(
         "overlap": overlap,
         "min_quality": min_quality,
         "clip": percentiles(clip),
+        "weights": check_weights(weights),
     }
+    if options["upsample_factor"] == 1:
+        # Whole pixels: there is no subpixel fit to weigh (nor to record as weighted).
+        options["weights"] = None
     if method == "piecewise":
         sizes, overlap = block_layout(shape, block_size, overlap)
         options.update(

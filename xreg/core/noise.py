@@ -45,6 +45,13 @@ _MAX_PIXELS = 2**15
 # median is not weighted: it barely moves the estimate, and what the fit measures there
 # may be the scene's own fine detail, not noise.
 _MIN_NOISE = 0.01
+# Noise weights (``1 / variance``) differ by at most this factor: a fitted variance near
+# 0 at the darkest pixels is the fit's error, not noise-free pixels.
+_MAX_WEIGHT_SPREAD = 100.0
+_TINY_VARIANCE = 1e-30
+# Pixels are weighted by their noise where that brings the estimate's RMS error down by
+# at least this factor, to first order.
+_MIN_WEIGHTING_GAIN = 1.02
 
 
 class NoiseModel(tuple):
@@ -101,7 +108,34 @@ class NoiseModel(tuple):
         reference = np.asarray(reference, dtype=np.float64)
         step = -(-reference.size // _MAX_PIXELS)
         slope = sum(np.square(g) for g in np.gradient(reference)).ravel()[::step]
-        reference = reference.ravel()[::step]
+        inside, clipped_variance, variance = self._censored(reference.ravel()[::step], bounds)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kept = np.sum(slope * inside) ** 2 / np.sum(slope * clipped_variance)
+            share = kept / (np.sum(slope) ** 2 / np.sum(slope * variance))
+        # A flat reference (no gradient): nothing to lose.
+        return float(share) if np.isfinite(share) else 1.0
+
+    def spare_noise(self, reference: np.ndarray, bounds, weighted: bool = False):
+        """``bounds`` as they are, or moved out by one noise standard deviation each
+        where clipping at them would cut the frames' noise, not only transients: where
+        it would cost the estimate more than ``_MAX_CLIP_LOSS`` of the information
+        (:meth:`information_kept`; the bounds then lie inside the noise of
+        photon-starved frames) and, for an estimate that weighs pixels by their noise
+        (``weighted``, where :meth:`weighs`), always: there clipping noise costs more
+        than that first-order share says (DECISIONS, "Noise weights").  None stays
+        None."""
+        if bounds is None or (
+            not (weighted and self.weighs(reference))
+            and self.information_kept(reference, bounds) >= 1 - _MAX_CLIP_LOSS
+        ):
+            return bounds
+        low, high = bounds
+        return (low - self.std(low), high + self.std(high))
+
+    def _censored(self, reference: np.ndarray, bounds):
+        """Per pixel of ``reference``: the share of its noise inside ``bounds``, the
+        variance of its value clipped to them (the censored Gaussian's), and the
+        variance unclipped."""
         low, high = bounds
         variance = np.maximum(self.gain * reference + self.floor, 0.0)
         # Noise-free pixels get a tiny sigma: clipped or not, then, without overflow.
@@ -119,29 +153,57 @@ class NoiseModel(tuple):
             + 2 * reference * sigma * (pdf_a - pdf_b)
             + sigma**2 * (a * pdf_a - b * pdf_b)
         )
-        clipped_variance = np.maximum(second - mean**2, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            kept = np.sum(slope * inside) ** 2 / np.sum(slope * clipped_variance)
-            share = kept / (np.sum(slope) ** 2 / np.sum(slope * sigma**2))
-        # A flat reference (no gradient): nothing to lose.
-        return float(share) if np.isfinite(share) else 1.0
+        return inside, np.maximum(second - mean**2, 0.0), sigma**2
 
-    def spare_noise(self, reference: np.ndarray, bounds):
-        """``bounds`` as they are, or moved out by one noise standard deviation each
-        where clipping at them would cost the estimate more than ``_MAX_CLIP_LOSS`` of
-        the information (:meth:`information_kept`): the bounds then lie inside the
-        noise (photon-starved frames), where the clip would cut noise, not only
-        transients.  None stays None."""
-        if bounds is None or self.information_kept(reference, bounds) >= 1 - _MAX_CLIP_LOSS:
-            return bounds
-        low, high = bounds
-        return (low - self.std(low), high + self.std(high))
+    def weighting_gain(self, reference: np.ndarray) -> float:
+        """How much an estimate that weights each pixel by the inverse of its noise
+        variance beats an unweighted one, to first order: the ratio of their RMS errors
+        on frames showing ``reference`` (1: equal weights are as good, as under noise
+        that does not depend on the intensity).
+
+        An unweighted least-squares estimate errs by ``sum g^2 var / (sum g^2)^2``
+        (variance; ``g`` the reference's gradient), the weighted one by
+        ``1 / sum (g^2 / var)``.
+        """
+        reference = np.asarray(reference, dtype=np.float64)
+        step = -(-reference.size // _MAX_PIXELS)
+        slope = sum(np.square(g) for g in np.gradient(reference)).ravel()[::step]
+        variance = _at_least(self.gain * reference.ravel()[::step] + self.floor)
+        ratio = np.sum(slope * variance) * np.sum(slope / variance) / np.sum(slope) ** 2
+        return float(np.sqrt(ratio)) if np.isfinite(ratio) and ratio > 0 else 1.0
+
+    def weighs(self, reference: np.ndarray) -> bool:
+        """Whether estimates on frames showing ``reference`` weigh each pixel by its
+        noise: where that brings their RMS error down by at least ``_MIN_WEIGHTING_GAIN``
+        (:meth:`weighting_gain`).  Under noise that does not depend on the intensity it
+        cannot, and the weighted step costs time."""
+        return self.weighting_gain(reference) >= _MIN_WEIGHTING_GAIN
+
+    def weights(self, reference: np.ndarray, bounds=None) -> np.ndarray:
+        """Each pixel's noise weight, ``1 / variance`` (float32), as a frame showing
+        ``reference`` and clipped to ``bounds`` (if any) has it: the clip leaves a pixel
+        near a bound less noise, so it weighs more.  The weights differ by at most
+        ``_MAX_WEIGHT_SPREAD`` (100) across the frame."""
+        reference = np.asarray(reference, dtype=np.float64)
+        if bounds is None:
+            variance = self.gain * reference + self.floor
+        else:
+            variance = self._censored(reference, bounds)[1]
+        return (1.0 / _at_least(variance)).astype(np.float32)
 
     def matters(self, reference: np.ndarray) -> bool:
         """Whether the noise is large enough to weigh: at the reference's median, at
         least ``_MIN_NOISE`` of its spread (1st to 99th percentile)."""
         low, middle, high = np.nanpercentile(reference, (1, 50, 99))
         return self.std(middle) >= _MIN_NOISE * (high - low)
+
+
+def _at_least(variance: np.ndarray) -> np.ndarray:
+    """``variance``, at least ``1 / _MAX_WEIGHT_SPREAD`` of its largest value: a fitted
+    variance near 0 (the darkest pixels; a clipped pixel beyond its bound) is the fit's
+    error or a pixel without information, whose weight would swamp the rest."""
+    lowest = max(float(np.max(variance)), _TINY_VARIANCE) / _MAX_WEIGHT_SPREAD
+    return np.maximum(variance, lowest)
 
 
 def fit_noise(frames: np.ndarray) -> NoiseModel:
@@ -194,10 +256,16 @@ def fit_noise(frames: np.ndarray) -> NoiseModel:
         count = np.bincount(index, kept, minlength=_BINS)
         variance = np.bincount(index, np.where(kept, squares, 0), minlength=_BINS)
         variance /= np.maximum(count, 1)
-    used = count > 0
+    # A bin without noise (blocks of zero photons everywhere) says nothing of the line's
+    # slope, and its weight below would swamp every other bin: left out.
+    used = (count > 0) & (variance > 0)
+    if used.sum() < 2:
+        return NoiseModel(0.0, 0.0)
     level, variance, count = level[used], variance[used], count[used]
-    # A bin's mean square has variance ~ 2 var^2 / count: weight by its inverse.
-    weight = np.sqrt(count) / np.maximum(variance, 1e-30)
+    # A bin's mean square has variance ~ 2 var^2 / count: weight by its inverse (the
+    # variance at least a hundredth of the median's: a nearly silent bin, dark pixels of
+    # a few photons, would otherwise decide the line alone).
+    weight = np.sqrt(count) / np.maximum(variance, 0.01 * np.median(variance))
     design = np.stack([level, np.ones(len(level))], axis=1) * weight[:, None]
     gain, floor = np.linalg.lstsq(design, variance * weight, rcond=None)[0]
     return NoiseModel(gain, floor)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -132,8 +132,10 @@ def prepare_piecewise(
     max_shift=None,
     block_max_shift=None,
     clip=None,
+    block_clip=None,
     offset=None,
     noise=None,
+    weights: bool = False,
 ) -> PiecewisePlan:
     """Plans for the rigid step and for every block of the reference.
 
@@ -149,31 +151,44 @@ def prepare_piecewise(
         Search range of each block around the rigid shift; default: a tenth of
         the block, at least 3 px.
     clip : (float, float), optional
-        Intensity bounds for the rigid step and every block (see
-        :func:`prepare_reference`).
+        Intensity bounds for the rigid step and, without ``block_clip``, every block
+        (see :func:`prepare_reference`).
+    block_clip : (float, float), optional
+        Other bounds for the blocks (default: ``clip``): the rigid step may weigh
+        pixels by their noise, and spare it, where blocks do not.
+    weights : bool, default False
+        Whether the rigid step weighs pixels by their noise (see
+        :func:`prepare_reference`); blocks do not.
     offset, noise : optional
-        Noise weighting for the rigid step and every block (see
-        :func:`prepare_reference`).
+        The stabilising transform and the frames' noise, for the rigid step and every
+        block (see :func:`prepare_reference`).
 
     Returns
     -------
     PiecewisePlan
     """
     reference = np.asarray(reference, dtype=np.float64)
-    rigid = prepare_reference(reference, max_shift=max_shift, clip=clip, offset=offset, noise=noise)
+    rigid = prepare_reference(
+        reference, max_shift=max_shift, clip=clip, offset=offset, noise=noise, weights=weights
+    )
     grid = block_grid(reference.shape, block_size, overlap)
+    # How blocks are conditioned before they are compared: as the rigid step, with
+    # their own bounds.
+    conditioning = (
+        rigid if block_clip is None else replace(rigid, clip=tuple(map(float, block_clip)))
+    )
     if block_max_shift is None:
         block_max_shift = tuple(max(3, b // 10) for b in grid.block_size)
     plans, ids = [], []
     for flat_id, index in enumerate(np.ndindex(*grid.grid_shape)):
         block = reference[_block_slices(grid, index)]
         # A block with no contrast (flat background) cannot be matched: rigid fallback.
-        if _conditioned(block, rigid, np.empty(block.shape)).std() > 0:
+        if _conditioned(block, conditioning, np.empty(block.shape)).std() > 0:
             plans.append(
                 prepare_reference(
                     block,
                     max_shift=block_max_shift,
-                    clip=rigid.clip,
+                    clip=conditioning.clip,
                     overlap=False,
                     offset=offset,
                     noise=noise,

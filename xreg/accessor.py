@@ -166,8 +166,8 @@ class RegAccessor:
             where the noise grows with the intensity enough to matter, on frames of
             at least 32 px per axis without NaN pixels, and with
             ``upsample_factor > 1``; elsewhere, and with ``None``, every pixel weighs
-            the same.  Piecewise blocks are not weighted.  Recorded in the attrs as
-            ``weights``.
+            the same.  Piecewise blocks are not weighted.  The request is recorded in
+            the attrs as ``weights`` (also where it could not act).
         spatial_dims : sequence of hashable, optional
             As in :meth:`reference`.  A movie with a ``channel`` dim is refused
             with the fix: estimate on one channel (``movie.sel(channel="red")``)

@@ -105,10 +105,8 @@ class NoiseModel(tuple):
         precisions, ``(sum g^2 P)^2 / sum g^2 var_clipped`` to
         ``(sum g^2)^2 / sum g^2 var``.
         """
-        reference = np.asarray(reference, dtype=np.float64)
-        step = -(-reference.size // _MAX_PIXELS)
-        slope = sum(np.square(g) for g in np.gradient(reference)).ravel()[::step]
-        inside, clipped_variance, variance = self._censored(reference.ravel()[::step], bounds)
+        slope, reference = _sampled_slopes(reference)
+        inside, clipped_variance, variance = self._censored(reference, bounds)
         with np.errstate(divide="ignore", invalid="ignore"):
             kept = np.sum(slope * inside) ** 2 / np.sum(slope * clipped_variance)
             share = kept / (np.sum(slope) ** 2 / np.sum(slope * variance))
@@ -165,10 +163,8 @@ class NoiseModel(tuple):
         (variance; ``g`` the reference's gradient), the weighted one by
         ``1 / sum (g^2 / var)``.
         """
-        reference = np.asarray(reference, dtype=np.float64)
-        step = -(-reference.size // _MAX_PIXELS)
-        slope = sum(np.square(g) for g in np.gradient(reference)).ravel()[::step]
-        variance = _at_least(self.gain * reference.ravel()[::step] + self.floor)
+        slope, reference = _sampled_slopes(reference)
+        variance = _at_least(self.gain * reference + self.floor)
         ratio = np.sum(slope * variance) * np.sum(slope / variance) / np.sum(slope) ** 2
         return float(np.sqrt(ratio)) if np.isfinite(ratio) and ratio > 0 else 1.0
 
@@ -196,6 +192,15 @@ class NoiseModel(tuple):
         least ``_MIN_NOISE`` of its spread (1st to 99th percentile)."""
         low, middle, high = np.nanpercentile(reference, (1, 50, 99))
         return self.std(middle) >= _MIN_NOISE * (high - low)
+
+
+def _sampled_slopes(reference):
+    """The squared gradient of ``reference`` and its values, at every few of its pixels
+    (at most about ``_MAX_PIXELS``), flat, float64: enough for a first-order share."""
+    reference = np.asarray(reference, dtype=np.float64)
+    step = -(-reference.size // _MAX_PIXELS)
+    slope = sum(np.square(g) for g in np.gradient(reference)).ravel()[::step]
+    return slope, reference.ravel()[::step]
 
 
 def _at_least(variance: np.ndarray) -> np.ndarray:

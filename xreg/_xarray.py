@@ -414,7 +414,9 @@ def weighted_plan(
         noise = None if sample is None else core.fit_noise(sample)
         if noise is not None and not noise.matters(reference):
             noise = None
-        rigid_bounds, weighted = bounds, weights == "noise"
+        # The rigid estimate weighs pixels only on the per-frame overlap's path.
+        weighted = weights == "noise" and core.overlap_applies(reference.shape)
+        rigid_bounds = bounds
         if noise is not None:
             # Bounds inside the noise of photon-starved frames move out of it
             # (DECISIONS: "The clip spares the noise"); with ``weights="noise"``
@@ -424,29 +426,20 @@ def weighted_plan(
             rigid_bounds = noise.spare_noise(reference, rigid_bounds, weighted=weighted)
         if whole_frame:
             return core.prepare_whole_frame(reference, clip=bounds, noise=noise)
-
-        def plan_with(rigid_clip):
-            if piecewise:
-                return core.prepare_piecewise(
-                    reference,
-                    block_size=block_size,
-                    overlap=overlap,
-                    max_shift=max_shift,
-                    clip=rigid_clip,
-                    block_clip=bounds,
-                    noise=noise,
-                    weights=weighted,
-                )
-            return core.prepare_reference(
-                reference, max_shift=max_shift, clip=rigid_clip, noise=noise, weights=weighted
+        if piecewise:
+            return core.prepare_piecewise(
+                reference,
+                block_size=block_size,
+                overlap=overlap,
+                max_shift=max_shift,
+                clip=rigid_bounds,
+                block_clip=bounds,
+                noise=noise,
+                weights=weighted,
             )
-
-        plan = plan_with(rigid_bounds)
-        if rigid_bounds != bounds and (plan.rigid if piecewise else plan).noise_weights is None:
-            # No pixel is weighted after all (frames too small for the per-frame box):
-            # the wider bounds served the weights only.
-            plan = plan_with(bounds)
-        return plan
+        return core.prepare_reference(
+            reference, max_shift=max_shift, clip=rigid_bounds, noise=noise, weights=weighted
+        )
 
 
 def reference_attrs(reference) -> dict:

@@ -54,6 +54,7 @@ __all__ = [
     "clip_bounds",
     "default_max_shift",
     "estimate_shifts",
+    "overlap_applies",
     "prepare_reference",
     "prepare_whole_frame",
     "search_range",
@@ -118,6 +119,13 @@ def clip_bounds(reference: np.ndarray, percentiles) -> tuple[float, float] | Non
         return None
     bounds = np.nanpercentile(reference, percentiles)
     return None if bounds[0] == bounds[1] else (float(bounds[0]), float(bounds[1]))
+
+
+def overlap_applies(shape: tuple[int, ...]) -> bool:
+    """Whether frames of ``shape`` are compared over the pixels they share with the
+    reference (the per-frame overlap estimate, with its noise weights where asked):
+    at least ``_OVERLAP_MIN_SIZE`` px per axis.  Smaller frames keep the fixed window."""
+    return min(shape) >= _OVERLAP_MIN_SIZE
 
 
 def check_reference(reference: np.ndarray) -> None:
@@ -388,7 +396,7 @@ def prepare_reference(
     check_reference(ref)  # once more: the clip may have left it flat
     std = ref.std()
     shape = ref.shape
-    wants_overlap = overlap and margin is None and min(shape) >= _OVERLAP_MIN_SIZE
+    wants_overlap = overlap and margin is None and overlap_applies(shape)
     max_shift = search_range(shape, max_shift)
     default_margin = tuple(min(m, n // 4) for m, n in zip(max_shift, shape, strict=True))
     margin = _per_axis(margin, default_margin, shape)

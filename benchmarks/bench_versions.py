@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 TIMER = """
-import json, sys, time
+import inspect, json, sys, time
 import numpy as np
 from xreg import core
 frames = np.load(sys.argv[1]); reference = np.load(sys.argv[2]); truth = np.load(sys.argv[3])
@@ -44,7 +44,24 @@ if hasattr(core, "fit_noise"):  # the accessor's noise model, once per movie (is
     noise = core.fit_noise(frames[: core.noise_sample_size])
     if noise.matters(reference):
         weighting = {"noise": noise}
-if sys.argv[4] == "piecewise":
+try:  # the accessor's own plan, with its default weights, where the version has one
+    from xreg import _xarray, accessor
+    _xarray.weighted_plan  # noqa: B018  (older versions: no accessor plan)
+    defaults = inspect.signature(accessor.RegAccessor.estimate).parameters
+    weights = {"weights": defaults["weights"].default} if "weights" in defaults else {}
+    accessor_plan = lambda piecewise, **options: _xarray.weighted_plan(
+        reference, frames[: core.noise_sample_size], clip=(1, 99), piecewise=piecewise,
+        whole_frame=False, max_shift=None, **options, **weights
+    )
+except (ImportError, AttributeError):
+    accessor_plan = None
+if accessor_plan is not None and sys.argv[4] == "piecewise":
+    plan = accessor_plan(True, block_size=(128, 128), overlap=0.5)
+    estimate = lambda: core.estimate_piecewise(frames, plan, upsample_factor=10)[0]
+elif accessor_plan is not None:
+    plan = accessor_plan(False, block_size=None, overlap=None)
+    estimate = lambda: core.estimate_shifts(frames, plan, upsample_factor=10)
+elif sys.argv[4] == "piecewise":
     plan = core.prepare_piecewise(
         reference, block_size=(128, 128), overlap=0.5, clip=bounds, **weighting
     )

@@ -59,7 +59,7 @@ def test_border_content_does_not_bias_the_continuous_estimate():
         return 1 + 30 * (values - image.min()) / np.ptp(image)
 
     weighted = prepare_reference(bright(image), noise=SHOT_NOISE, weights=True)
-    assert weighted.noise_weights is not None
+    assert weighted.weighting is not None
     result = estimate_shifts(bright(frames), weighted, upsample_factor=10)
     assert np.abs(result[:, :2] - truth).max() < 0.01
 
@@ -69,7 +69,7 @@ def test_the_noise_weights_keep_whole_pixels_exact():
     of the camera man (new content at the borders), and noise-free subpixel motion
     within the error the correlation's own estimate has."""
     plan = prepare_reference(CAMERA[32:224, 32:224], noise=SHOT_NOISE, weights=True)
-    assert plan.noise_weights is not None
+    assert plan.weighting is not None
     truth = np.array([(0, 0), (3, -5), (-7, 2), (8, 8), (-11, 6)])
     frames = _crops(CAMERA, (32, 32), 192, truth)
     result = estimate_shifts(frames, plan, upsample_factor=10)
@@ -78,7 +78,7 @@ def test_the_noise_weights_keep_whole_pixels_exact():
     image = 1 + 30 * (image - image.min()) / np.ptp(image)
     truth = np.random.default_rng(5).uniform(-6, 6, (30, 2))
     plan = prepare_reference(image, noise=SHOT_NOISE, weights=True)
-    assert plan.noise_weights is not None
+    assert plan.weighting is not None
     result = estimate_shifts(fourier_moved(image, truth), plan)
     assert np.abs(result[:, :2] - truth).max() < 0.002
 

@@ -160,11 +160,11 @@ class RegAccessor:
             ``"noise"``: the rigid estimate ends with a step of the fit that weighs
             each pixel by its noise, fitted on the first frames (bright pixels are
             noisier under shot noise), which brings it close to the physical limit
-            (within 1.13 x the Cramér-Rao bound in ``benchmarks/bench_accuracy.py``,
-            where the default is within 1.20 x) at about a third of the rate on
-            512 x 512 frames; the clip's bounds then spare the noise.  It acts only
-            where the noise grows with the intensity enough to matter, on frames of
-            at least 32 px per axis without NaN pixels, and with
+            (within 1.14 x the Cramér-Rao bound in ``benchmarks/bench_accuracy.py``,
+            where the default is within 1.20 x) at about 0.9 x the default's rate; the
+            clip's bounds then spare the noise.  It acts only where the noise grows
+            with the intensity enough to matter, on 2-D frames of at least 32 px per
+            axis without NaN pixels, and with
             ``upsample_factor > 1``; elsewhere, and with ``None``, every pixel weighs
             the same.  Piecewise blocks are not weighted.  The request is recorded in
             the attrs as ``weights`` (also where it could not act).

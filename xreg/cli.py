@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
             choices=validate.WEIGHTS,
             default=None,
             help="noise: weigh each pixel by its noise (fitted on the first frames): near "
-            "the physical limit under shot noise, at about 0.4 x the rate (default: equal "
+            "the physical limit under shot noise, at about 0.9 x the rate (default: equal "
             "weights)",
         )
         sub.add_argument(

@@ -479,7 +479,7 @@ def check_weights(value) -> str | None:
         return None if value is None else str(value)
     raise XregError(
         f"`weights` must be None (every pixel weighs the same) or 'noise' (each by its "
-        f"noise, fitted on the first frames: more accurate under shot noise, slower); "
+        f"noise, fitted on the first frames: more accurate under shot noise); "
         f"got {value!r}."
     )
 

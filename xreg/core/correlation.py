@@ -34,7 +34,6 @@ displacement ``d``; this is the opposite sign of
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -178,15 +177,39 @@ class OverlapTables:
 
     ``tables`` holds summed-area tables (a zero row and column first) of the
     normalised reference ``r``, of ``r ** 2``, of ``r * D_a r`` and of ``D_a r`` per
-    axis ``a`` (``D_a`` the band-limited derivative), one per kind of box corner with
-    the ramp's weights summed in: the local energy under any ramped box and its exact
-    gradient are then ``2 ** ndim`` lookups.  ``coarse`` is the plan of the reference
-    binned by ``factor`` per axis, for the integer search.
+    axis ``a`` (``D_a`` the band-limited derivative): the local energy under any
+    ramped box and its exact gradient are then a few lookups (:func:`_box_sums`).
+    ``coarse`` is the plan of the reference binned by ``factor`` per axis, for the
+    integer search.
     """
 
-    tables: np.ndarray  # float32 (2 ** ndim, 2 + 2 * ndim, *(shape + 1))
+    tables: np.ndarray  # float64 (2 + 2 * ndim, *(shape + 1))
     coarse: ReferencePlan
     factor: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NoiseWeighting:
+    """What the noise-weighted step of the overlap estimate needs (2-D frames).
+
+    Its instruments ``Z_a = L(w * S_a)`` are the reference's negated slope ``S_a``
+    along each axis (a fourth-order difference of the normalised reference), weighted
+    by ``w``, the inverse of the frames' noise variance smoothed over
+    ``_WEIGHT_SMOOTHING`` px, and limited to the band ``|f| <= _WEIGHT_BAND`` (``L``).
+    ``instruments`` holds their conjugate spectra on that band of the half spectrum
+    (rows ``rows``, the first ``columns`` columns, each column but the first counted
+    twice for its twin), so each frame's sums against them come from its own
+    spectrum; ``tables`` the summed-area tables (a zero row and column first) of
+    ``Z_a * r`` and of ``Z_a`` (``r`` the normalised reference), for the same sums
+    over the model; ``jacobian`` the sum of ``Z_a * S_b`` over a box of the
+    reference, per unit of the box's weight.
+    """
+
+    rows: np.ndarray  # int64
+    columns: int
+    instruments: np.ndarray  # complex64 (ndim, len(rows), columns)
+    tables: np.ndarray  # float64 (2 * ndim, *(shape + 1))
+    jacobian: np.ndarray  # float64 (ndim, ndim)
 
 
 @dataclass(frozen=True)
@@ -215,10 +238,9 @@ class ReferencePlan:
     residual: ReferencePlan | None = None
     # For the per-frame overlap estimate (:func:`_estimate_overlap`), None if not built.
     overlap: OverlapTables | None = None
-    # float32, frame shape: each reference pixel's noise weight (1 / variance, as a
-    # clipped frame has it).  With it, each frame's overlap estimate ends with a step of
-    # the noise-weighted fit (:func:`_weighted_step`); None where equal weights do as well.
-    noise_weights: np.ndarray | None = None
+    # With it, each frame's overlap estimate ends with a step that weighs every pixel by
+    # its noise (:func:`_weighted_step`); None where equal weights do as well.
+    weighting: NoiseWeighting | None = None
 
     @property
     def ndim(self) -> int:
@@ -359,14 +381,15 @@ def prepare_reference(
         that the clip, which still clips transients as hard, biases no estimate by
         clipping noise.  None: the reference clipped and stabilised as it is.
     weights : bool, default False
-        With ``noise``: each frame's overlap estimate ends with a step of the fit that
-        weighs every pixel by the inverse of its noise variance, which brings it close
-        to the Cramér-Rao bound under shot noise (at about a third of the rate on
-        512 x 512 frames); only where the noise depends on the intensity enough to
-        matter (:meth:`xreg.core.NoiseModel.weighs`), and only on the overlap
-        estimate's path (not with ``offset``, ``margin`` or ``overlap=False``, nor for
-        frames under 32 px per axis, nor for frames that take the fixed window: NaN
-        pixels, a box too small).  Otherwise every pixel weighs the same.
+        With ``noise``: each frame's overlap estimate ends with a step that weighs every
+        pixel by the inverse of its noise variance (:class:`NoiseWeighting`), which
+        brings it close to the Cramér-Rao bound under shot noise, at about the rate of
+        the unweighted estimate; only where the noise depends on the intensity enough
+        to matter (:meth:`xreg.core.NoiseModel.weighs`), and only on the overlap
+        estimate's path of 2-D frames (not with ``offset``, ``margin`` or
+        ``overlap=False``, nor for volumes, frames under 32 px per axis, or frames that
+        take the fixed window: NaN pixels, a box too small).  Otherwise every pixel
+        weighs the same.
 
     Returns
     -------
@@ -447,18 +470,61 @@ def prepare_reference(
         clip=clip,
         offset=offset,
         overlap=_overlap_tables(ref, normalised, slopes, max_shift) if wants_overlap else None,
-        noise_weights=(
-            _noise_weights(noise, raw, clip)
-            if weights and wants_overlap and offset is None
+        weighting=(
+            _noise_weighting(noise, raw, clip, normalised)
+            if weights and wants_overlap and offset is None and len(shape) == 2
             else None
         ),
     )
 
 
-def _noise_weights(noise, reference, clip):
-    """:attr:`ReferencePlan.noise_weights` for frames with ``noise`` showing
-    ``reference`` (as given, before clipping) clipped to ``clip``, or None."""
-    return noise.weights(reference, clip) if noise is not None and noise.weighs(reference) else None
+# The noise-weighted step: the frames' noise variance is smoothed by a Gaussian of this
+# many pixels (the step's sums are interpolated between whole-pixel shifts, which needs
+# smooth weights; smoothing by 2 px kept the whole gain on the accuracy benchmark), and
+# its instruments are limited to this band (cycles per pixel), where nearly all of a
+# microscope image's slope lies: each frame's sums against them read an eighth of its
+# spectrum.
+_WEIGHT_SMOOTHING = 2.0
+_WEIGHT_BAND = 0.25
+
+
+def _noise_weighting(noise, reference, clip, normalised):
+    """:attr:`ReferencePlan.weighting` for frames with ``noise`` showing ``reference``
+    (as given, before clipping) clipped to ``clip``, ``normalised`` being the reference
+    the frames are compared with; None where equal weights do as well."""
+    if noise is None or not noise.weighs(reference):
+        return None
+    shape, ndim = normalised.shape, normalised.ndim
+    variance = ndimage.gaussian_filter(
+        1.0 / noise.weights(reference, clip).astype(np.float64), _WEIGHT_SMOOTHING, mode="wrap"
+    )
+    weight = 1.0 / variance
+    weight /= weight.mean()
+    wrapped = np.pad(normalised, 2, mode="wrap")
+    slopes = np.stack([_slope(wrapped, axis) for axis in range(ndim)])
+    axes = tuple(range(1, ndim + 1))
+    spectra = sfft.rfftn(weight * slopes, axes=axes)
+    rows = np.nonzero(np.abs(sfft.fftfreq(shape[0])) <= _WEIGHT_BAND)[0]
+    columns = int(_WEIGHT_BAND * shape[-1]) + 1
+    band = np.zeros(spectra.shape[1:], bool)
+    band[rows[:, None], np.arange(columns)] = True
+    spectra *= band
+    instruments = sfft.irfftn(spectra, shape, axes=axes)
+    tables = _summed_area_tables([*(z * normalised for z in instruments), *instruments])
+    margin = _OVERLAP_REACH + _STENCIL + _OVERLAP_GUARD
+    box = functools.reduce(
+        np.multiply.outer, [window_profile(n, margin, _OVERLAP_RAMP) for n in shape]
+    )
+    flat = instruments.reshape(ndim, -1) * box.ravel()
+    jacobian = flat @ slopes.reshape(ndim, -1).T / box.sum()
+    twins = np.where(np.arange(columns) == 0, 1.0, 2.0)
+    return NoiseWeighting(
+        rows=rows,
+        columns=columns,
+        instruments=(spectra[:, rows, :columns].conj() * twins).astype(np.complex64),
+        tables=tables,
+        jacobian=jacobian,
+    )
 
 
 # Gauss-Hermite nodes of the reference's expected look over the frames' noise.
@@ -646,13 +712,23 @@ def estimate_shifts(
     workers = _workers(workers)
     batches = _batches(len(items), int(np.prod(items.shape[1:])), workers)
 
+    steps = []  # the weighted steps' work, (batch, frames, arguments) per batch
+
     def run(batch):
         if plan.overlap is not None and upsample_factor > 1:
-            out[batch, 0] = _estimate_overlap(items[batch, 0], plan, upsample_factor)
+            out[batch, 0] = _estimate_overlap(
+                items[batch, 0], plan, upsample_factor, lambda *step: steps.append((batch, *step))
+            )
         else:
             out[batch] = _estimate_batch(items[batch], plan, upsample_factor)
 
     map_threads(run, batches, workers)
+    # After the threads, not in them: the step is many small array operations, which
+    # hold the interpreter's lock and, among the threads' transforms, cost several
+    # times their own time.
+    with _one_blas_thread():
+        for batch, frames, guess, arguments in steps:
+            out[batch, 0][frames, : plan.ndim] = guess + _weighted_step(*arguments, plan)
     if plan.stacked:
         # Piecewise blocks search around the rigid shift within a range of their own,
         # not the user's max_shift: not clipped to it.
@@ -880,7 +956,18 @@ def _estimate_batch(frames, plan, upsample_factor):
 
 
 def _finish(
-    score, peak_index, peak, best, cross, around, slopes, sums, shape, upsample_factor, origin=0
+    score,
+    peak_index,
+    peak,
+    best,
+    cross,
+    around,
+    slopes,
+    sums,
+    shape,
+    upsample_factor,
+    origin=0,
+    evaluations=None,
 ):
     """Subpixel refinement from the integer peak, the quality, and the signed range.
 
@@ -895,7 +982,9 @@ def _finish(
     shifts = peak.astype(np.float64)
     if upsample_factor > 1:
         start = _parabolic_offsets(score, peak_index)
-        refined, best_refined, good = _newton(cross, around, slopes, shifts, start, shape)
+        refined, best_refined, good = _newton(
+            cross, around, slopes, shifts, start, shape, evaluations
+        )
         if not good.all():
             # Rare (a flat or odd-shaped peak): the lattice search, which cannot diverge.
             bad = ~good
@@ -944,25 +1033,8 @@ _RAMP_STEPS = np.diff(
 def _overlap_tables(reference, normalised, slopes, max_shift):
     """:class:`OverlapTables` of a (clipped) reference, its normalised form and the
     band-limited derivative of that along each axis."""
-    ndim = normalised.ndim
     images = [normalised, normalised**2, *(normalised * s for s in slopes), *slopes]
-    summed = np.zeros((len(images),) + tuple(n + 1 for n in normalised.shape))
-    for table, image in zip(summed, images, strict=True):
-        for axis in range(ndim):
-            image = np.cumsum(image, axis=axis)
-        table[(slice(1, None),) * ndim] = image
-    # The ramped box is the weighted sum of nested boxes, each a 2 ** ndim-corner
-    # lookup in the summed-area table; summing the weights into the table once per
-    # kind of corner (low or high end of each axis) leaves 2 ** ndim lookups in all.
-    tables = np.empty((2**ndim,) + summed.shape, np.float32)
-    filtered = {(): summed}  # by the corner kinds of the axes filtered so far
-    for index, corner in enumerate(itertools.product((0, 1), repeat=ndim)):
-        for axis in range(ndim):
-            if corner[: axis + 1] not in filtered:
-                filtered[corner[: axis + 1]] = _ramp_filter(
-                    filtered[corner[:axis]], axis + 1, -1 if corner[axis] else 1
-                )
-        tables[index] = filtered[corner]
+    tables = _summed_area_tables(images)
     # Binned to at least _OVERLAP_MIN_SIZE px per axis, by 4 at most.
     factor = tuple(
         4 if n >= 4 * _OVERLAP_MIN_SIZE else 2 if n >= 2 * _OVERLAP_MIN_SIZE else 1
@@ -1024,15 +1096,58 @@ def bin_frames(frames: np.ndarray, factor, workers: int = 1) -> np.ndarray:
     return binned
 
 
-def _ramp_filter(table, axis, direction):
-    """``sum_j _RAMP_STEPS[j] * table[t + direction * j]`` along ``axis`` (clamped at
-    the ends, which no box in use reaches)."""
-    # correlate1d centres its weights: origin -/+ half puts weight j at t + j / t - j.
-    half = len(_RAMP_STEPS) // 2  # _OVERLAP_RAMP is even: an odd number of weights
-    weights = _RAMP_STEPS if direction > 0 else _RAMP_STEPS[::-1]
-    return ndimage.correlate1d(
-        table, weights, axis, mode="nearest", origin=-half if direction > 0 else half
+def _summed_area_tables(images):
+    """float64 summed-area tables of ``images`` (K, *shape), a zero row and column
+    first: (K, *(shape + 1))."""
+    images = np.asarray(images, dtype=np.float64)
+    ndim = images.ndim - 1
+    tables = np.zeros((len(images), *(n + 1 for n in images.shape[1:])))
+    inner = tables[(slice(None),) + (slice(1, None),) * ndim]
+    inner[...] = images
+    for axis in range(1, ndim + 1):
+        np.cumsum(inner, axis=axis, out=inner)
+    return tables
+
+
+def _box_faces(low, high, base, offsets, combination):
+    """One axis of :func:`_box_sums`: the table indices (n, P) and their weights
+    (n, P, U) that give, for each of U outputs, the sum under the ramped box
+    ``[low, high)`` (n,) of a frame moved by ``base + offsets[s]`` (``base`` (n,) whole
+    pixels), combined over ``s`` by ``combination`` ((S, U) or (n, S, U)).
+
+    The ramped box is ``_RAMP_STEPS``-weighted nested boxes, box ``j`` being ``j`` px
+    inside the outer one: along one axis each is a difference of two table entries, at
+    its high face and its low face, and every shift and nested box only moves those.
+    """
+    ramp = np.arange(_OVERLAP_RAMP + 1)
+    high_moves = np.arange(offsets.min(), offsets.max() + _OVERLAP_RAMP + 1)
+    low_moves = np.arange(-offsets.max(), _OVERLAP_RAMP - offsets.min() + 1)
+    # (moves, S): the steps of the nested boxes whose face a shift puts at each move.
+    high_spread = (offsets[:, None] + ramp == high_moves[:, None, None]) @ _RAMP_STEPS
+    low_spread = (ramp - offsets[:, None] == low_moves[:, None, None]) @ _RAMP_STEPS
+    index = np.concatenate(
+        [(high - base)[:, None] - high_moves, (low - base)[:, None] + low_moves], axis=1
     )
+    weight = np.concatenate([high_spread @ combination, -(low_spread @ combination)], axis=-2)
+    return index, np.broadcast_to(weight, (len(index), *weight.shape[-2:]))
+
+
+def _box_sums(tables, faces):
+    """Sums under ramped boxes from summed-area ``tables`` (K, *(shape + 1)) and the
+    per-axis ``faces`` of :func:`_box_faces`: (K, n, U_0, ..., U_last)."""
+    ndim = len(faces)
+    n = len(faces[0][0])
+    where = [
+        index.reshape((n,) + (1,) * axis + (-1,) + (1,) * (ndim - axis - 1))
+        for axis, (index, _) in enumerate(faces)
+    ]
+    values = tables[(slice(None), *where)]  # (K, n, P_0, ..., P_last)
+    for axis, (_, weight) in enumerate(faces):
+        moved = np.moveaxis(values, 2 + axis, -1)
+        shape = moved.shape
+        product = moved.reshape(shape[0], n, -1, shape[-1]) @ weight[None]
+        values = np.moveaxis(product.reshape(shape[:-1] + (weight.shape[-1],)), -1, 2 + axis)
+    return values
 
 
 @functools.lru_cache(maxsize=256)
@@ -1043,18 +1158,7 @@ def _ramp_profile(length):
     return profile
 
 
-def _ramped_box_sums(tables, low, high):
-    """Each image summed under the ramped box window on ``[low, high)`` (..., ndim),
-    from the corner tables of :func:`_overlap_tables`: (K, ...)."""
-    ndim = low.shape[-1]
-    total = 0.0
-    for index, corner in enumerate(itertools.product((0, 1), repeat=ndim)):
-        at = tuple(np.where(c, high[..., a], low[..., a]) for a, c in enumerate(corner))
-        total = total + (-1) ** (ndim - sum(corner)) * tables[index][(slice(None), *at)]
-    return total
-
-
-def _estimate_overlap(frames, plan, upsample_factor):
+def _estimate_overlap(frames, plan, upsample_factor, defer_step):
     """Displacement and quality of single-reference ``frames`` (m, *shape), each
     compared over every pixel it shares with the reference.
 
@@ -1065,7 +1169,10 @@ def _estimate_overlap(frames, plan, upsample_factor):
     by the fixed window.  The local energy under the box and its exact gradient come
     from summed-area tables, so a per-frame window costs no extra transform.  Frames
     this cannot serve (NaN pixels, a box too small, a peak on the edge of the
-    scored shifts) take the fixed window's path.
+    scored shifts) take the fixed window's path.  With a plan that weighs pixels by
+    their noise, ``defer_step(frames, guess, arguments)`` is given the weighted step's
+    work (:func:`_weighted_step`'s arguments but the plan) for the frames it replaces
+    the estimate of, and their guess, to be done by the caller.
     """
     ndim, shape = plan.ndim, np.asarray(plan.shape)
     tables = plan.overlap.tables
@@ -1089,14 +1196,24 @@ def _estimate_overlap(frames, plan, upsample_factor):
         centred, mean, frame_energy, weight_sum = _centred_boxes(
             frames, picked, low, high, guess, plan
         )
-        cross = sfft.rfftn(centred, axes=tuple(range(1, ndim + 1)), workers=1)
-        cross *= plan.conj_ref
+        # Frame by frame, so that each spectrum is still in cache when its band (which
+        # the weighted step reads) is copied and when it is multiplied.
+        cross = np.empty((n, *plan.conj_ref.shape), np.complex64)
+        band = None if plan.weighting is None else _band_buffer(n, plan.weighting)
+        for i in range(n):
+            spectrum = sfft.rfftn(centred[i], workers=1)
+            if band is not None:
+                _copy_band(spectrum, plan.weighting, band[i])
+            np.multiply(spectrum, plan.conj_ref, out=cross[i])
         numerator = _correlate_window(cross, plan.shape, (_OVERLAP_REACH,) * ndim)
-        grid = np.stack(np.meshgrid(*[np.arange(-reach, reach + 1)] * ndim, indexing="ij"), -1)
-        at = guess.reshape((n,) + (1,) * ndim + (ndim,)) + grid
-        box_low = low.reshape((n,) + (1,) * ndim + (ndim,))
-        box_high = high.reshape((n,) + (1,) * ndim + (ndim,))
-        sums = _ramped_box_sums(tables, box_low - at, box_high - at)
+        shifts = np.arange(-reach, reach + 1)
+        sums = _box_sums(
+            tables,
+            [
+                _box_faces(low[:, a], high[:, a], guess[:, a], shifts, np.eye(len(shifts)))
+                for a in range(ndim)
+            ],
+        )
         count = weight_sum.reshape((n,) + (1,) * ndim)
         energy = np.maximum(sums[1] - sums[0] ** 2 / count, 0.0)
         slope = np.stack(
@@ -1120,19 +1237,38 @@ def _estimate_overlap(frames, plan, upsample_factor):
             plan.shape,
             upsample_factor,
             origin=guess,
+            # The weighted step linearises about the estimate: one Newton step from the
+            # parabola's vertex brings it close enough (its error is then second order).
+            evaluations=None if plan.weighting is None else 1,
         )
         # A peak on the edge of the scored shifts: the binned guess was off.
         edge = np.any((peak_index == 0) | (peak_index == 2 * _OVERLAP_REACH), axis=1)
         usable[picked[edge]] = False
-        if plan.noise_weights is not None:
+        if plan.weighting is not None:
+            # Not the frames with an edge peak (the fixed window's) or without contrast.
             inside = ~edge & (out[picked, ndim] > 0)
-            shifts = out[picked[inside], :ndim]
-            out[picked[inside], :ndim] = guess[inside] + _weighted_step(
-                centred[inside],
-                shifts - guess[inside],
-                low[inside] - guess[inside],
-                high[inside] - guess[inside],
-                plan,
+            start = out[picked, :ndim] - guess
+            peak = peak_index - _OVERLAP_REACH
+            # The unweighted fit at the estimate: the local energy and the box's sum of
+            # the reference there, and the score (the quality times the frame's root
+            # energy) over the root of that energy, its scale.
+            kernels = list(_lagrange_weights(start - peak, _STENCIL).transpose(1, 0, 2)[..., None])
+            energy = _contract(around, kernels).reshape(-1)
+            level = _contract(_around_peaks(sums[0][:, None], peak_index, 1), kernels)
+            score = out[picked, ndim] * np.sqrt(frame_energy)
+            defer_step(
+                picked[inside],
+                guess[inside],
+                (
+                    band[inside],
+                    start[inside],
+                    (score / np.sqrt(np.maximum(energy, _TINY)))[inside],
+                    level.reshape(-1)[inside] / weight_sum[inside],
+                    (low - guess)[inside],
+                    (high - guess)[inside],
+                    peak[inside],
+                    weight_sum[inside],
+                ),
             )
     if not usable.all():
         rest = ~usable
@@ -1140,66 +1276,73 @@ def _estimate_overlap(frames, plan, upsample_factor):
     return out
 
 
-def _weighted_step(centred, start, low, high, plan):
-    """One Gauss-Newton step, from ``start`` (n, ndim), of the noise-weighted
-    least-squares fit of each frame by the reference moved and scaled: the displacements
-    that bring each frame's estimate to the noise limit under shot noise.
+def _weighted_step(band, start, scale, level, low, high, whole, weight_sum, plan):
+    """One step, from ``start`` (n, ndim), that weighs each pixel by its noise: what
+    brings the overlap estimate close to the Cramér-Rao bound under shot noise.
 
-    ``centred`` holds the frames as :func:`_centred_boxes` leaves them (moved back by
-    their guess, weighted by their ramped box on ``[low, high)``, less their mean).  The
-    fit is ``f = a r(p - s) + b`` over the box, each pixel weighted by the box and by
-    ``plan.noise_weights`` at the pixel of the reference it shows; ``a`` and ``b`` make
-    it free of the frame's gain and offset, as the normalised correlation is.  The
-    weights are those at ``start`` (iteratively reweighted least squares): one step from
-    the correlation's estimate reaches the fit's optimum (DECISIONS: "Noise weights").
-    Any fixed weights and slopes leave a frame that fits exactly where it is, so the
-    weights are taken at the nearest whole pixel and the slopes are finite differences
-    of the band-limited reference at ``start`` (one inverse transform a frame).  A step
-    that fails (a fit without contrast, more than half a pixel) keeps ``start``.
+    The correlation's estimate solves the unweighted least-squares fit of each frame
+    by ``scale * r(p - s) + b`` over its ramped box ``B`` on ``[low, high)`` (``r`` the
+    normalised reference; ``level`` the box's mean of ``r(p - s)``).  The step solves,
+    to first order about it, the fit's equations with each pixel weighted by its
+    noise: ``sum Z_a(p - s) e(p) = 0`` per axis, for the instruments ``Z_a`` of
+    :class:`NoiseWeighting` and the residual ``e = B (f - mean) - scale * B (r(p - s) -
+    level)``.  The frame's sums come from ``band`` (the instruments' band of the rfftn
+    of its centred box, :func:`_band`); the model's from summed-area tables, interpolated from the
+    whole-pixel shifts around ``whole``.  Any instruments leave a frame that fits
+    exactly where it is, so whole-pixel motion stays exact.  Coordinates are those of
+    the frames moved back by their guess.  A step of more than half a pixel, or without
+    a positive scale, keeps ``start``.
     """
-    n, ndim = start.shape
-    spectrum = plan.conj_ref.conj()
-    freqs = [
-        sfft.fftfreq(size) if axis < ndim - 1 else np.arange(spectrum.shape[-1]) / size
-        for axis, size in enumerate(plan.shape)
-    ]
-    whole = np.rint(start).astype(np.int64)
+    weighting, shape = plan.weighting, plan.shape
+    # sum_p f(p) Z_a(p - s): the inverse DFT of F conj(Z_a) at s, on the band.
+    rows = sfft.fftfreq(shape[0])[weighting.rows]
+    columns = np.arange(weighting.columns) / shape[1]
+    band *= np.exp(2j * np.pi * start[:, :1] * rows).astype(np.complex64)[:, :, None]
+    band *= np.exp(2j * np.pi * start[:, 1:] * columns).astype(np.complex64)[:, None, :]
+    instruments = weighting.instruments.reshape(len(weighting.instruments), -1)
+    frame_terms = (band.reshape(len(band), -1) @ instruments.T).real / np.prod(shape)
+    model = _interpolated_box_sums(weighting.tables, low, high, whole, start - whole)
+    ndim = start.shape[1]
+    residual = frame_terms - scale[:, None] * (model[:, :ndim] - level[:, None] * model[:, ndim:])
+    jacobian = weight_sum[:, None, None] * weighting.jacobian
+    step = np.linalg.solve(jacobian, residual[:, :, None])[:, :, 0] / scale[:, None]
+    good = (scale > 0) & np.all(np.abs(step) <= 0.5, axis=1)
     out = start.copy()
-    for i in range(n):
-        phase = 1.0
-        for axis, k in enumerate(freqs):
-            ramp = np.exp(-2j * np.pi * k * start[i, axis]).astype(np.complex64)
-            phase = phase * ramp.reshape((-1,) + (1,) * (ndim - axis - 1))
-        moved = sfft.irfftn(spectrum * phase, plan.shape, workers=1)
-        # The box and 2 px more each side (wrapped: the reference is periodic), for the
-        # slopes' differences.
-        box = tuple(slice(a, b) for a, b in zip(low[i], high[i], strict=True))
-        region = np.pad(moved, 2, mode="wrap")[
-            tuple(slice(a, b + 4) for a, b in zip(low[i], high[i], strict=True))
-        ]
-        # The box lies inside the reference at every shift near the guess: no wrap.
-        seen = tuple(slice(a - k, b - k) for a, b, k in zip(low[i], high[i], whole[i], strict=True))
-        weights = plan.noise_weights[seen] * functools.reduce(
-            np.multiply.outer, [_ramp_profile(b - a) for a, b in zip(low[i], high[i], strict=True)]
-        )
-        # Columns r, 1 and -grad r: the frame's fit in a, b and a times the step.
-        design = np.empty((ndim + 2, *weights.shape), np.float32)
-        design[0] = region[(slice(2, -2),) * ndim]
-        design[1] = 1.0
-        for axis in range(ndim):
-            design[2 + axis] = _slope(region, axis)
-        design = design.reshape(ndim + 2, -1)
-        normal = (design * weights.ravel()) @ design.T
-        # centred is box * (f - mean): weighted by the noise alone it is the fit's target.
-        target = design @ (centred[i][box] * plan.noise_weights[seen]).ravel()
-        try:
-            solution = np.linalg.solve(normal.astype(np.float64), target.astype(np.float64))
-        except np.linalg.LinAlgError:
-            continue
-        step = solution[2:] / solution[0]
-        if solution[0] > 0 and np.all(np.abs(step) <= 0.5):
-            out[i] = np.round((start[i] + step) / _RESOLUTION) * _RESOLUTION
+    out[good] = np.round((start[good] + step[good]) / _RESOLUTION) * _RESOLUTION
     return out
+
+
+def _band_buffer(n, weighting):
+    """An empty array for the bands of ``n`` spectra (:func:`_band`)."""
+    return np.empty((n, len(weighting.rows), weighting.columns), np.complex64)
+
+
+def _copy_band(spectrum, weighting, out):
+    """Copy the instruments' band of the half ``spectrum`` into ``out``."""
+    # The band's rows are the first ones and the last ones: two slices, no copy between.
+    rows, columns = weighting.rows, weighting.columns
+    first = int(np.sum(rows <= rows.max() // 2))
+    out[:first] = spectrum[:first, :columns]
+    out[first:] = spectrum[len(spectrum) - (len(rows) - first) :, :columns]
+
+
+def _interpolated_box_sums(tables, low, high, whole, offset):
+    """Each image's sum under each frame's ramped box ``[low, high)`` (n, ndim) at the
+    shift ``whole + offset`` (``whole`` whole pixels, ``offset`` within a pixel of it),
+    Lagrange-interpolated from the whole-pixel shifts within ``_STENCIL`` of ``whole``,
+    from summed-area ``tables`` (K, *(shape + 1)): (n, K)."""
+    nodes = np.arange(-_STENCIL, _STENCIL + 1)
+    faces = [
+        _box_faces(
+            low[:, a],
+            high[:, a],
+            whole[:, a],
+            nodes,
+            _lagrange_weights(offset[:, a], _STENCIL)[:, :, None],
+        )
+        for a in range(low.shape[1])
+    ]
+    return _box_sums(tables, faces).reshape(len(tables), len(low)).T
 
 
 def _slope(region, axis):
@@ -1587,7 +1730,7 @@ def _score_derivatives(cross, local_energy, energy_slope, peak, offset, shape, s
     return score, score_gradient, score_hessian
 
 
-def _newton(cross, local_energy, energy_slope, peak, start, shape):
+def _newton(cross, local_energy, energy_slope, peak, start, shape, evaluations=None):
     """Continuous subpixel peak of the normalised score by Newton steps from ``start``.
 
     The first evaluation gives the score's gradient and Hessian; later ones only the
@@ -1595,7 +1738,9 @@ def _newton(cross, local_energy, energy_slope, peak, start, shape):
     method: from within a few hundredths of a pixel it converges as fast as Newton).
     Returns the shifts, the score and a mask of the items that converged inside the
     pixel around their integer peak with a concave score; the rest are for
-    :func:`_refine`'s lattice search.
+    :func:`_refine`'s lattice search.  With ``evaluations`` (fewer than
+    ``_NEWTON_EVALUATIONS``), the steps stop there and count as converged: for a caller
+    that takes a step of its own from them.
     """
     n, ndim = peak.shape
     offset = start.astype(np.float64).copy()
@@ -1603,7 +1748,7 @@ def _newton(cross, local_energy, energy_slope, peak, start, shape):
     good = np.ones(n, bool)
     todo = np.arange(n)
     hessian = None
-    for _ in range(_NEWTON_EVALUATIONS):
+    for _ in range(evaluations or _NEWTON_EVALUATIONS):
         if not todo.size:
             break
         every = todo.size == n  # then no copy of the spectra
@@ -1628,5 +1773,6 @@ def _newton(cross, local_energy, energy_slope, peak, start, shape):
         offset[todo] += np.where(good[todo, None], step, 0.0)
         todo = todo[good[todo] & (size >= _NEWTON_TOL)]
     good &= np.all(np.abs(offset) < 1, axis=1)
-    good[todo] = False  # not converged within the evaluations allowed
+    if evaluations is None:
+        good[todo] = False  # not converged within the evaluations allowed
     return peak + offset, best, good

@@ -52,6 +52,8 @@ _TINY_VARIANCE = 1e-30
 # Pixels are weighted by their noise where that brings the estimate's RMS error down by
 # at least this factor, to first order.
 _MIN_WEIGHTING_GAIN = 1.02
+# Intensities at which the clipped noise's variance is tabulated for the weights.
+_WEIGHT_LEVELS = 4096
 
 
 class NoiseModel(tuple):
@@ -184,7 +186,12 @@ class NoiseModel(tuple):
         if bounds is None:
             variance = self.gain * reference + self.floor
         else:
-            variance = self._censored(reference, bounds)[1]
+            # A smooth function of the intensity alone: tabulated, then interpolated
+            # (the censored Gaussian's moments cost a dozen special functions a pixel).
+            low, high = reference.min(), reference.max()
+            levels = np.linspace(low, high, _WEIGHT_LEVELS)
+            nearest = np.rint((reference - low) * ((_WEIGHT_LEVELS - 1) / max(high - low, 1e-300)))
+            variance = self._censored(levels, bounds)[1][nearest.astype(np.intp)]
         return (1.0 / _at_least(variance)).astype(np.float32)
 
     def matters(self, reference: np.ndarray) -> bool:

@@ -83,6 +83,20 @@ def test_the_noise_weights_keep_whole_pixels_exact():
     assert np.abs(result[:, :2] - truth).max() < 0.002
 
 
+def test_the_noise_weights_pass_over_frames_without_contrast():
+    """Flat frames get displacement 0 and quality 0 with the noise weights too, alone (no
+    frame left for the weighted step) or among frames that move."""
+    plan = prepare_reference(CAMERA[32:224, 32:224], noise=SHOT_NOISE, weights=True)
+    assert plan.weighting is not None
+    flat = np.full((3, 192, 192), 7.0, np.float32)
+    np.testing.assert_array_equal(estimate_shifts(flat, plan), 0.0)
+    truth = np.array([(3, -5), (-7, 2)])
+    frames = np.concatenate([flat[:1], _crops(CAMERA, (32, 32), 192, truth)])
+    result = estimate_shifts(frames, plan)
+    np.testing.assert_array_equal(result[0], 0.0)
+    np.testing.assert_array_equal(result[1:, :2], truth)
+
+
 def test_noise_weights_bring_photon_starved_frames_to_the_limit():
     """Two photons a pixel: bright pixels are noisier, and with ``weights="noise"`` the
     step of the fit that weighs each pixel by its noise (the noise fitted on the first

@@ -726,9 +726,10 @@ def estimate_shifts(
     # After the threads, not in them: the step is many small array operations, which
     # hold the interpreter's lock and, among the threads' transforms, cost several
     # times their own time.
-    with _one_blas_thread():
-        for batch, frames, guess, arguments in steps:
-            out[batch, 0][frames, : plan.ndim] = guess + _weighted_step(*arguments, plan)
+    if steps:
+        with _one_blas_thread():
+            for batch, frames, guess, arguments in steps:
+                out[batch, 0][frames, : plan.ndim] = guess + _weighted_step(*arguments, plan)
     if plan.stacked:
         # Piecewise blocks search around the rigid shift within a range of their own,
         # not the user's max_shift: not clipped to it.
@@ -1244,9 +1245,9 @@ def _estimate_overlap(frames, plan, upsample_factor, defer_step):
         # A peak on the edge of the scored shifts: the binned guess was off.
         edge = np.any((peak_index == 0) | (peak_index == 2 * _OVERLAP_REACH), axis=1)
         usable[picked[edge]] = False
-        if plan.weighting is not None:
-            # Not the frames with an edge peak (the fixed window's) or without contrast.
-            inside = ~edge & (out[picked, ndim] > 0)
+        # Not the frames with an edge peak (the fixed window's) or without contrast.
+        inside = ~edge & (out[picked, ndim] > 0)
+        if plan.weighting is not None and inside.any():
             start = out[picked, :ndim] - guess
             peak = peak_index - _OVERLAP_REACH
             # The unweighted fit at the estimate: the local energy and the box's sum of

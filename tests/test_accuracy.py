@@ -97,6 +97,35 @@ def test_the_noise_weights_pass_over_frames_without_contrast():
     np.testing.assert_array_equal(result[1:, :2], truth)
 
 
+def test_the_noise_weights_hold_beside_an_outlying_pixel():
+    """The weights of clipped pixels (the censored Gaussian's variance, tabulated by
+    intensity) stay within 2 % of their exact value when one pixel of the reference is
+    far out (a hot pixel), which must not coarsen the table for the rest."""
+    image = smooth_image((64, 64), sigma=3.0, seed=4)
+    reference = 0.25 + 5 * (image - image.min()) / np.ptp(image)
+    bounds = clip_bounds(reference, (1, 99))
+    exact = 1 / SHOT_NOISE._censored(reference, bounds)[1]
+    hot = reference.copy()
+    hot[5, 5] = 1e6
+    for ref in (reference, hot):
+        weights = SHOT_NOISE.weights(ref, bounds)
+        # Not the hot pixel; nor the few whose weight the 100-fold cap on the spread holds.
+        ordinary = (ref < 100) & (exact < 50 * exact.min())
+        np.testing.assert_allclose(weights[ordinary], exact[ordinary], rtol=0.02)
+
+
+def test_volumes_keep_equal_weights_and_their_clip():
+    """Volumes are not weighted (2-D frames only): with ``weights="noise"`` their
+    estimate, clip bounds included, is the one with equal weights."""
+    volume = 0.5 + 10 * blob_volume(size=40, seed=2)
+    rng = np.random.default_rng(8)
+    truth = rng.integers(-3, 4, (12, 3))
+    frames = np.stack([rng.poisson(20 * np.roll(volume, tuple(t), (0, 1, 2))) for t in truth])
+    movie = as_movie(frames.astype(np.float32), "numpy")
+    weighted = movie.reg.estimate(20 * volume, weights="noise")
+    np.testing.assert_array_equal(weighted.values, movie.reg.estimate(20 * volume).values)
+
+
 def test_noise_weights_bring_photon_starved_frames_to_the_limit():
     """Two photons a pixel: bright pixels are noisier, and with ``weights="noise"`` the
     step of the fit that weighs each pixel by its noise (the noise fitted on the first

@@ -414,8 +414,8 @@ def weighted_plan(
         noise = None if sample is None else core.fit_noise(sample)
         if noise is not None and not noise.matters(reference):
             noise = None
-        # The rigid estimate weighs pixels only on the per-frame overlap's path.
-        weighted = weights == "noise" and core.overlap_applies(reference.shape)
+        # The rigid estimate weighs pixels only on the per-frame overlap's path of 2-D frames.
+        weighted = weights == "noise" and core.weighting_applies(reference.shape)
         rigid_bounds = bounds
         if noise is not None:
             # Bounds inside the noise of photon-starved frames move out of it

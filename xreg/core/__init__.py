@@ -9,10 +9,10 @@ from .correlation import (
     clip_bounds,
     default_max_shift,
     estimate_shifts,
-    overlap_applies,
     prepare_reference,
     prepare_whole_frame,
     search_range,
+    weighting_applies,
 )
 from .noise import NoiseModel, fit_noise, noise_sample_size
 from .piecewise import (
@@ -45,7 +45,7 @@ __all__ = [
     "ReferencePlan",
     "check_reference",
     "clip_bounds",
-    "overlap_applies",
+    "weighting_applies",
     "build_reference",
     "default_max_shift",
     "estimate_shifts",

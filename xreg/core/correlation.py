@@ -58,6 +58,7 @@ __all__ = [
     "prepare_whole_frame",
     "search_range",
     "stack_plans",
+    "weighting_applies",
     "window_profile",
 ]
 
@@ -68,6 +69,8 @@ _TARGET_BATCH_PIXELS = 4 * 1024 * 1024
 # product over a copy of the whole batch (and below which their overhead dominates).
 _LARGE_ITEM = 16 * 1024
 _TINY = 1e-12
+# Batches a thread estimates before the weighted steps of those batches are taken.
+_STEP_GROUP = 4
 # Half-width of the stencil that interpolates the local energy between integer
 # shifts (2: quartic), and hence the extra pixels its window keeps each side.
 _STENCIL = 2
@@ -125,6 +128,12 @@ def overlap_applies(shape: tuple[int, ...]) -> bool:
     reference (the per-frame overlap estimate, with its noise weights where asked):
     at least ``_OVERLAP_MIN_SIZE`` px per axis.  Smaller frames keep the fixed window."""
     return min(shape) >= _OVERLAP_MIN_SIZE
+
+
+def weighting_applies(shape: tuple[int, ...]) -> bool:
+    """Whether frames of ``shape`` can have their overlap estimate weighted by their
+    noise (:class:`NoiseWeighting`): 2-D frames on the overlap estimate's path."""
+    return len(shape) == 2 and overlap_applies(shape)
 
 
 def check_reference(reference: np.ndarray) -> None:
@@ -472,7 +481,7 @@ def prepare_reference(
         overlap=_overlap_tables(ref, normalised, slopes, max_shift) if wants_overlap else None,
         weighting=(
             _noise_weighting(noise, raw, clip, normalised)
-            if weights and wants_overlap and offset is None and len(shape) == 2
+            if weights and wants_overlap and offset is None and weighting_applies(shape)
             else None
         ),
     )
@@ -722,14 +731,18 @@ def estimate_shifts(
         else:
             out[batch] = _estimate_batch(items[batch], plan, upsample_factor)
 
-    map_threads(run, batches, workers)
-    # After the threads, not in them: the step is many small array operations, which
-    # hold the interpreter's lock and, among the threads' transforms, cost several
-    # times their own time.
-    if steps:
-        with _one_blas_thread():
-            for batch, frames, guess, arguments in steps:
-                out[batch, 0][frames, : plan.ndim] = guess + _weighted_step(*arguments, plan)
+    # The weighted steps run after the threads, not in them: they are many small array
+    # operations, which hold the interpreter's lock and, among the threads' transforms,
+    # cost several times their own time.  A few batches a thread at a time, so that the
+    # bands they hold stay a bounded share of the frames.
+    group = _STEP_GROUP * _workers(workers)
+    for first in range(0, len(batches), group):
+        map_threads(run, batches[first : first + group], workers)
+        if steps:
+            with _one_blas_thread():
+                for batch, frames, guess, arguments in steps:
+                    out[batch, 0][frames, : plan.ndim] = guess + _weighted_step(*arguments, plan)
+            steps.clear()
     if plan.stacked:
         # Piecewise blocks search around the rigid shift within a range of their own,
         # not the user's max_shift: not clipped to it.
@@ -1288,11 +1301,11 @@ def _weighted_step(band, start, scale, level, low, high, whole, weight_sum, plan
     noise: ``sum Z_a(p - s) e(p) = 0`` per axis, for the instruments ``Z_a`` of
     :class:`NoiseWeighting` and the residual ``e = B (f - mean) - scale * B (r(p - s) -
     level)``.  The frame's sums come from ``band`` (the instruments' band of the rfftn
-    of its centred box, :func:`_band`); the model's from summed-area tables, interpolated from the
-    whole-pixel shifts around ``whole``.  Any instruments leave a frame that fits
-    exactly where it is, so whole-pixel motion stays exact.  Coordinates are those of
-    the frames moved back by their guess.  A step of more than half a pixel, or without
-    a positive scale, keeps ``start``.
+    of its centred box, :func:`_copy_band`); the model's from summed-area tables,
+    interpolated from the whole-pixel shifts around ``whole``.  Any instruments leave a
+    frame that fits exactly where it is, so whole-pixel motion stays exact.
+    Coordinates are those of the frames moved back by their guess.  A step of more than
+    half a pixel, or without a positive scale, keeps ``start``.
     """
     weighting, shape = plan.weighting, plan.shape
     # sum_p f(p) Z_a(p - s): the inverse DFT of F conj(Z_a) at s, on the band.
@@ -1314,7 +1327,7 @@ def _weighted_step(band, start, scale, level, low, high, whole, weight_sum, plan
 
 
 def _band_buffer(n, weighting):
-    """An empty array for the bands of ``n`` spectra (:func:`_band`)."""
+    """An empty array for the bands of ``n`` spectra (:func:`_copy_band`)."""
     return np.empty((n, len(weighting.rows), weighting.columns), np.complex64)
 
 

@@ -186,12 +186,19 @@ class NoiseModel(tuple):
         if bounds is None:
             variance = self.gain * reference + self.floor
         else:
-            # A smooth function of the intensity alone: tabulated, then interpolated
-            # (the censored Gaussian's moments cost a dozen special functions a pixel).
-            low, high = reference.min(), reference.max()
+            # A smooth function of the intensity alone: tabulated, then looked up at the
+            # nearest level (the censored Gaussian's moments cost a dozen special
+            # functions a pixel).  The table spans the bounds and 8 noise standard
+            # deviations beyond (past them a pixel is always clipped): an outlying
+            # pixel cannot coarsen it.
+            low = max(reference.min(), bounds[0] - 8 * self.std(bounds[0]))
+            high = min(reference.max(), bounds[1] + 8 * self.std(bounds[1]))
+            if not high > low:
+                high = low + 1.0
             levels = np.linspace(low, high, _WEIGHT_LEVELS)
-            nearest = np.rint((reference - low) * ((_WEIGHT_LEVELS - 1) / max(high - low, 1e-300)))
-            variance = self._censored(levels, bounds)[1][nearest.astype(np.intp)]
+            step = (high - low) / (_WEIGHT_LEVELS - 1)
+            nearest = np.rint((np.clip(reference, low, high) - low) / step).astype(np.intp)
+            variance = self._censored(levels, bounds)[1][nearest]
         return (1.0 / _at_least(variance)).astype(np.float32)
 
     def matters(self, reference: np.ndarray) -> bool:

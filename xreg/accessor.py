@@ -164,10 +164,10 @@ class RegAccessor:
             where the default is within 1.20 x) at about 0.9 x the default's rate; the
             clip's bounds then spare the noise.  It acts only where the noise grows
             with the intensity enough to matter, on 2-D frames of at least 32 px per
-            axis without NaN pixels, and with
-            ``upsample_factor > 1``; elsewhere, and with ``None``, every pixel weighs
-            the same.  Piecewise blocks are not weighted.  The request is recorded in
-            the attrs as ``weights`` (also where it could not act).
+            axis without NaN pixels, and with ``upsample_factor > 1``; elsewhere, and
+            with ``None``, every pixel weighs the same.  Piecewise blocks are not
+            weighted.  The request is recorded in the attrs as ``weights`` (also where
+            it could not act; not with ``upsample_factor=1``, where it is dropped).
         spatial_dims : sequence of hashable, optional
             As in :meth:`reference`.  A movie with a ``channel`` dim is refused
             with the fix: estimate on one channel (``movie.sel(channel="red")``)

@@ -734,8 +734,8 @@ def estimate_shifts(
     # The weighted steps run after the threads, not in them: they are many small array
     # operations, which hold the interpreter's lock and, among the threads' transforms,
     # cost several times their own time.  A few batches a thread at a time, so that the
-    # bands they hold stay a bounded share of the frames.
-    group = _STEP_GROUP * _workers(workers)
+    # bands they hold stay a bounded share of the frames; without them, all at once.
+    group = _STEP_GROUP * workers if plan.weighting is not None else max(len(batches), 1)
     for first in range(0, len(batches), group):
         map_threads(run, batches[first : first + group], workers)
         if steps:

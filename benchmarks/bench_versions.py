@@ -39,35 +39,34 @@ import inspect, json, sys, time
 import numpy as np
 from xreg import core
 frames = np.load(sys.argv[1]); reference = np.load(sys.argv[2]); truth = np.load(sys.argv[3])
-bounds, weighting = core.clip_bounds(reference, (1, 99)), {}
-if hasattr(core, "fit_noise"):  # the accessor's noise model, once per movie (issue 18)
-    noise = core.fit_noise(frames[: core.noise_sample_size])
-    if noise.matters(reference):
-        weighting = {"noise": noise}
+piecewise = sys.argv[4] == "piecewise"
+blocks = {"block_size": (128, 128) if piecewise else None, "overlap": 0.5 if piecewise else None}
 try:  # the accessor's own plan, with its default weights, where the version has one
     from xreg import _xarray, accessor
-    _xarray.weighted_plan  # noqa: B018  (older versions: no accessor plan)
+    accessor_plan = getattr(_xarray, "weighted_plan", None)
+except ImportError:
+    accessor_plan = None
+if accessor_plan is not None:
     defaults = inspect.signature(accessor.RegAccessor.estimate).parameters
     weights = {"weights": defaults["weights"].default} if "weights" in defaults else {}
-    accessor_plan = lambda piecewise, **options: _xarray.weighted_plan(
+    plan = accessor_plan(
         reference, frames[: core.noise_sample_size], clip=(1, 99), piecewise=piecewise,
-        whole_frame=False, max_shift=None, **options, **weights
+        whole_frame=False, max_shift=None, **blocks, **weights
     )
-except (ImportError, AttributeError):
-    accessor_plan = None
-if accessor_plan is not None and sys.argv[4] == "piecewise":
-    plan = accessor_plan(True, block_size=(128, 128), overlap=0.5)
-    estimate = lambda: core.estimate_piecewise(frames, plan, upsample_factor=10)[0]
-elif accessor_plan is not None:
-    plan = accessor_plan(False, block_size=None, overlap=None)
-    estimate = lambda: core.estimate_shifts(frames, plan, upsample_factor=10)
-elif sys.argv[4] == "piecewise":
-    plan = core.prepare_piecewise(
-        reference, block_size=(128, 128), overlap=0.5, clip=bounds, **weighting
+else:  # older versions: the core's plan, as their accessor made it
+    bounds, weighting = core.clip_bounds(reference, (1, 99)), {}
+    if hasattr(core, "fit_noise"):  # the accessor's noise model, once per movie (issue 18)
+        noise = core.fit_noise(frames[: core.noise_sample_size])
+        if noise.matters(reference):
+            weighting = {"noise": noise}
+    plan = (
+        core.prepare_piecewise(reference, **blocks, clip=bounds, **weighting)
+        if piecewise
+        else core.prepare_reference(reference, clip=bounds, **weighting)
     )
+if piecewise:
     estimate = lambda: core.estimate_piecewise(frames, plan, upsample_factor=10)[0]
 else:
-    plan = core.prepare_reference(reference, clip=bounds, **weighting)
     estimate = lambda: core.estimate_shifts(frames, plan, upsample_factor=10)
 times, cpu = [], []
 for _ in range(3):
